@@ -1,0 +1,91 @@
+"""The ``ipso`` command-line tool. It only orchestrates: every computation lives in the library.
+
+Each sub-command owns a small function here that parses options and calls the library; the
+library modules never import this one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    name="ipso",
+    help="IPSO pediatric sepsis collaborative analysis: simulate, validate, ingest, analyse and report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ipso-analysis {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """IPSO analysis suite."""
+
+
+# ---------------------------------------------------------------------------------------------
+# simulate (owner: analysis.simulate)
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., "--out", help="Directory to write the synthetic collaborative to."),
+    seed: int = typer.Option(20160101, "--seed", help="Random seed (same seed, same bytes)."),
+    sites: int = typer.Option(57, "--sites", help="Number of hospitals."),
+    start: str = typer.Option("2016-01", "--start", help="First month, YYYY-MM."),
+    months: int = typer.Option(84, "--months", help="Number of months."),
+    scale: float = typer.Option(1.0, "--scale", help="Multiply every site's episode volume (benchmarks)."),
+    episodes_per_site_month: Optional[float] = typer.Option(
+        None, "--episodes-per-site-month", help="Mean episodes per site-month (overrides realistic volumes)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Simulate a synthetic IPSO collaborative with known true effects."""
+    from .simulate import run_simulate_command
+
+    run_simulate_command(
+        out=out, seed=seed, sites=sites, start=start, months=months, scale=scale,
+        episodes_per_site_month=episodes_per_site_month, json_out=json_out,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# validate / ingest (owner: analysis.validate, analysis.store)
+@app.command()
+def validate(
+    directory: Path = typer.Argument(..., help="Extract directory (episodes.csv|parquet, sites.csv, site_months.csv)."),
+    quarantine: Optional[Path] = typer.Option(None, "--quarantine", help="Write quarantined rows to this CSV."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Validate an extract against the data contract; report accepted and quarantined rows."""
+    from .validate import run_validate_command
+
+    run_validate_command(directory=directory, quarantine=quarantine, json_out=json_out)
+
+
+@app.command()
+def ingest(
+    directory: Path = typer.Argument(..., help="Extract directory to ingest."),
+    out: Path = typer.Option(..., "--out", help="Analysis-ready store directory (Parquet)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Validate and ingest an extract into the analysis-ready Parquet store (bad rows quarantined)."""
+    from .store import run_ingest_command
+
+    run_ingest_command(directory=directory, out=out, json_out=json_out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

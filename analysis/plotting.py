@@ -1,0 +1,41 @@
+"""One seaborn theme for every figure in the suite, and small shared plotting helpers."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+PALETTE = {
+    "observed": "#4C72B0",
+    "fitted": "#1B3A5C",
+    "counterfactual": "#C44E52",
+    "band": "#C44E52",
+    "signal": "#DD8452",
+    "limit": "#8C8C8C",
+    "highlight": "#C44E52",
+    "pre": "#4C72B0",
+    "post": "#55A868",
+}
+
+_THEMED = False
+
+
+def set_theme() -> None:
+    """Apply the suite's single seaborn theme (idempotent)."""
+    global _THEMED
+    if not _THEMED:
+        sns.set_theme(context="notebook", style="whitegrid", palette="deep")
+        plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "axes.titleweight": "bold"})
+        _THEMED = True
+
+
+def new_axes(ax=None, figsize=(8, 4.5)):
+    """Return `ax` or a fresh themed Axes."""
+    set_theme()
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
