@@ -665,15 +665,18 @@ def _assemble_episodes(seed, site, ep) -> tuple[pd.DataFrame, pd.DataFrame]:
     discharge = t0 + ep["discharge_off"].astype(np.int64)
 
     # patients: a repeat episode must start after the same patient's previous discharge
-    ref = ep["ref"].copy()
-    for _ in range(20):
+    ref = ep["ref"].astype(np.int64)
+    next_label = n
+    for _ in range(50):
         order = np.lexsort((arrival, ref))
         r, a, d = ref[order], arrival[order], discharge[order]
         clash = np.zeros(n, dtype=bool)
         clash[1:] = (r[1:] == r[:-1]) & (a[1:] <= d[:-1])
         if not clash.any():
             break
-        ref[order[clash]] = order[clash]
+        k = int(clash.sum())
+        ref[order[clash]] = next_label + np.arange(k)  # a new patient
+        next_label += k
     rng_p = _rng(seed, "patients-ids")
     roots, inverse = np.unique(ref, return_inverse=True)
     codes = rng_p.permutation(len(roots))
