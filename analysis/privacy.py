@@ -48,10 +48,10 @@ import hmac
 import html as html_lib
 import json
 import re
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -308,7 +308,7 @@ def suppress(
     return SuppressionResult(display, mask, prim, int(min_cell), marker, count_columns, derived, notes)
 
 
-def suppress_count(n: float | int | None, *, min_cell: int = DEFAULT_MIN_CELL,
+def suppress_count(n: float | None, *, min_cell: int = DEFAULT_MIN_CELL,
                    marker: str = DEFAULT_MARKER) -> str:
     """A single count for a header or chart label: shown with thousands separators, or ``marker``.
 
@@ -440,7 +440,7 @@ def _small_counts_in_html(text: str, path: str) -> list[Finding]:
     p = _CountTableParser()
     try:
         p.feed(text)
-    except Exception as exc:  # pragma: no cover - malformed HTML
+    except (ValueError, AssertionError) as exc:  # pragma: no cover - malformed HTML
         return [Finding(path, "parse_error", f"HTML could not be parsed: {exc}")]
     out = []
     for spec, row in p.rows:
@@ -572,10 +572,10 @@ def scan_outputs(
                     findings.append(Finding(str(f), "identifier_column", f"column {c!r} in CSV header"))
         seen: set[tuple[str, str]] = set()
 
-        def add(kind, detail, excerpt):
-            if (kind, detail) not in seen:
-                seen.add((kind, detail))
-                findings.append(Finding(str(f), kind, detail, excerpt))
+        def add(kind, detail, excerpt, _seen=seen, _path=str(f)):
+            if (kind, detail) not in _seen:
+                _seen.add((kind, detail))
+                findings.append(Finding(_path, kind, detail, excerpt))
 
         for t in texts:
             if words:

@@ -47,7 +47,7 @@ def attack_bounds(values: np.ndarray, hidden: np.ndarray, equations, lower: floa
     for c in hid:
         obj = np.zeros(len(hid))
         obj[pos[c]] = 1
-        kw = dict(A_eq=np.array(A), b_eq=np.array(b)) if A else {}
+        kw = {"A_eq": np.array(A), "b_eq": np.array(b)} if A else {}
         lo = linprog(obj, bounds=[(lower, None)] * len(hid), **kw).fun
         res_hi = linprog(-obj, bounds=[(lower, None)] * len(hid), **kw)
         hi = np.inf if res_hi.status == 3 else -res_hi.fun
@@ -98,7 +98,7 @@ def _two_way(table: pd.DataFrame):
     cols = list(table.columns)
     nr, nc = table.shape
     vals = table.to_numpy(float).ravel()
-    idx = lambda i, j: i * nc + j  # noqa: E731
+    idx = lambda i, j: i * nc + j
     eqs = []
     for i in range(nr):
         eqs.append(([idx(i, j) for j in range(nc - 1)], idx(i, nc - 1)))
