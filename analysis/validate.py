@@ -466,7 +466,8 @@ def _episode_rules(t: _Table) -> None:
         mask = _np_bool((ts[col] < ts["arrival_time"]) | (ts[col] > ts["discharge_time"]))
         t.flag(code, mask, _value_detail(t, col, "is outside arrival_time..discharge_time"))
     los = (ts["discharge_time"] - ts["arrival_time"]) / np.timedelta64(1, "D")
-    mask = _np_bool(ts["icu_days"] > los + ICU_DAYS_ROUNDING_DAYS)
+    # (a negative stay is already discharge_before_arrival)
+    mask = _np_bool((ts["icu_days"] > los + ICU_DAYS_ROUNDING_DAYS) & (los >= 0))
 
     def detail(idx: np.ndarray) -> pd.Series:
         return ("icu_days=" + _show(t.raw["icu_days"].iloc[idx]) + " exceeds length of stay "

@@ -1,0 +1,367 @@
+"""Validation with quarantine: every rule on a corrupted copy of the hand-made fixture
+(data/fixtures/good), fatal contract errors, and hypothesis garbage rows."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analysis import contract
+from analysis.validate import (
+    RULES,
+    DataContractError,
+    schema,
+    validate_collaborative,
+    validate_frames,
+)
+
+GOOD = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "good"
+N_GOOD = {"sites": 3, "site_months": 9, "episodes": 12}
+
+
+def raw(table: str) -> pd.DataFrame:
+    return pd.read_csv(GOOD / f"{table}.csv", dtype=str, keep_default_na=False)
+
+
+def reconciles(summary: dict) -> None:
+    for v in summary["files"].values():
+        assert v["rows_read"] == v["rows_accepted"] + v["rows_quarantined"]
+    assert summary["rows_read"] == summary["rows_accepted"] + summary["rows_quarantined"]
+
+
+def test_good_fixture_is_clean():
+    r = validate_collaborative(GOOD)
+    assert r.quarantine.empty
+    assert {k: v["rows_accepted"] for k, v in r.summary["files"].items()} == N_GOOD
+    for name in ("episodes", "sites", "site_months"):
+        schema(name).validate(getattr(r, name))
+    ep = r.episodes
+    assert ep["arrival_time"].dtype == "datetime64[ns]"
+    assert ep["ccc_count"].dtype == "int64" and ep["huddle"].dtype == bool
+    # hand-read from the fixture: E0010 arrival has fractional seconds, E0006 uses a space separator
+    assert ep.loc[ep.episode_id == "E0010", "arrival_time"].iloc[0] == pd.Timestamp("2017-01-15 07:00:00.5")
+    assert ep.loc[ep.episode_id == "E0006", "time_zero"].iloc[0] == pd.Timestamp("2017-01-12 04:00")
+    # booleans written as no/yes, 0/1, F/T and TRUE/FALSE
+    assert ep.set_index("episode_id").loc[["E0005", "E0007", "E0009", "E0010"], "huddle"].tolist() == [
+        True, True, True, True]
+    assert ep.set_index("episode_id").loc[["E0005", "E0007", "E0009", "E0010"], "order_set"].tolist() == [
+        False, True, True, True]
+    # "YYYY-MM" and "YYYY-MM-01" months are the same Timestamp
+    assert set(r.site_months["month"].dt.strftime("%Y-%m-%d")) == {"2016-12-01", "2017-01-01", "2017-02-01"}
+    assert r.sites.loc[r.sites.site_id == "S03", "site_name"].iloc[0] == "Coastal Kids, West"
+
+
+# (table, 0-based row or "append", {column: value}, expected rule codes, expected quarantined rows)
+SITE_ROW = {"site_id": "S04", "site_name": "New", "go_live": "2018-01-01", "wave": "3",
+            "region": "South", "beds": "50"}
+CASES = {
+    "missing_required": ("episodes", 0, {"sex": ""}, {"missing_required"}),
+    "missing_required_id": ("episodes", 0, {"patient_id": "  "}, {"missing_required"}),
+    "non_numeric": ("episodes", 0, {"age_years": "three"}, {"non_numeric"}),
+    "non_numeric_nan": ("episodes", 0, {"icu_days": "nan"}, {"non_numeric"}),
+    "non_integer": ("episodes", 0, {"ccc_count": "1.5"}, {"non_integer"}),
+    "out_of_range_age": ("episodes", 0, {"age_years": "21.5"}, {"out_of_range"}),
+    "out_of_range_negative_age": ("episodes", 0, {"age_years": "-0.1"}, {"out_of_range"}),
+    "out_of_range_ccc": ("episodes", 0, {"ccc_count": "21"}, {"out_of_range"}),
+    "out_of_range_icu": ("episodes", 0, {"icu_days": "-1"}, {"out_of_range"}),
+    "unknown_category_onset": ("episodes", 0, {"onset_setting": "ER"}, {"unknown_category"}),
+    "unknown_category_sex": ("episodes", 0, {"sex": "female"}, {"unknown_category"}),
+    "invalid_bool": ("episodes", 0, {"huddle": "maybe"}, {"invalid_bool"}),
+    "unparseable_timestamp": ("episodes", 0, {"time_zero": "03/12/2016 08:40"}, {"unparseable_timestamp"}),
+    "unparseable_timestamp_hour": ("episodes", 0, {"time_zero": "2016-12-03T25:00:00"},
+                                   {"unparseable_timestamp"}),
+    "unparseable_timestamp_day": ("episodes", 0, {"first_bolus_time": "2016-02-30T09:00:00"},
+                                  {"unparseable_timestamp"}),
+    "mixed_timestamp_offset": ("episodes", 0, {"time_zero": "2016-12-03T08:40:00+01:00"},
+                               {"mixed_timestamp_format"}),
+    "mixed_timestamp_z": ("episodes", 0, {"arrival_time": "2016-12-03T08:15:00Z"}, {"mixed_timestamp_format"}),
+    "mixed_timestamp_date_only": ("episodes", 0, {"first_bolus_time": "2016-12-03"},
+                                  {"mixed_timestamp_format"}),
+    "duplicate_episode_id": ("episodes", 1, {"episode_id": "E0001"}, {"duplicate_episode_id"}),
+    "unknown_site_id": ("episodes", 0, {"site_id": "S99"}, {"unknown_site_id"}),
+    # discharge before arrival implies T0 is outside the stay: both rules fire by logic
+    "discharge_before_arrival": ("episodes", 10, {"arrival_time": "2017-02-07T00:00:00"},
+                                 {"discharge_before_arrival", "t0_before_arrival"}),
+    "t0_before_arrival": ("episodes", 10, {"time_zero": "2017-02-05T16:00:00"}, {"t0_before_arrival"}),
+    "t0_after_discharge": ("episodes", 10, {"time_zero": "2017-02-06T21:00:00"}, {"t0_after_discharge"}),
+    "death_after_discharge": ("episodes", 2, {"death_time": "2017-01-06T11:00:00"}, {"death_after_discharge"}),
+    "death_before_t0": ("episodes", 2, {"death_time": "2017-01-04T13:00:00"}, {"death_before_t0"}),
+    "bolus_outside_stay": ("episodes", 0, {"first_bolus_time": "2016-12-03T08:00:00"}, {"bolus_outside_stay"}),
+    "antibiotic_outside_stay": ("episodes", 0, {"first_antibiotic_time": "2016-12-08T00:00:00"},
+                                {"antibiotic_outside_stay"}),
+    # E0001 stays 4 d 5 h 45 min = 4.24 days
+    "icu_days_exceed_los": ("episodes", 0, {"icu_days": "4.5"}, {"icu_days_exceed_los"}),
+    "site_duplicate": ("sites", "append", {**SITE_ROW, "site_id": "S02"}, {"duplicate_site_id"}),
+    "site_bad_go_live": ("sites", "append", {**SITE_ROW, "go_live": "2018-02-30"}, {"unparseable_date"}),
+    "site_go_live_format": ("sites", "append", {**SITE_ROW, "go_live": "01/02/2018"}, {"unparseable_date"}),
+    "site_missing_name": ("sites", "append", {**SITE_ROW, "site_name": ""}, {"missing_required"}),
+    "site_wave_zero": ("sites", "append", {**SITE_ROW, "wave": "0"}, {"out_of_range"}),
+    "site_beds_text": ("sites", "append", {**SITE_ROW, "beds": "many"}, {"non_numeric"}),
+    "site_region": ("sites", "append", {**SITE_ROW, "region": "Europe"}, {"unknown_category"}),
+    "site_month_duplicate": ("site_months", "append", {"site_id": "S01", "month": "2016-12-01",
+                                                       "admissions": "5"}, {"duplicate_site_month"}),
+    "site_month_unknown_site": ("site_months", "append", {"site_id": "S99", "month": "2017-01",
+                                                          "admissions": "5"}, {"unknown_site_id"}),
+    "site_month_negative": ("site_months", 1, {"admissions": "-5"}, {"out_of_range"}),
+    "site_month_fraction": ("site_months", 1, {"admissions": "10.5"}, {"non_integer"}),
+    "site_month_bad_month": ("site_months", 1, {"month": "2017-13"}, {"unparseable_date"}),
+    "site_month_mid_month": ("site_months", 1, {"month": "2017-01-15"}, {"unparseable_date"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_rule_triggers_exactly(case):
+    table, row, change, expected = CASES[case]
+    frames = {t: raw(t) for t in N_GOOD}
+    df = frames[table]
+    if row == "append":
+        df.loc[len(df)] = change
+        row = len(df) - 1
+    else:
+        for col, value in change.items():
+            df.loc[row, col] = value
+    r = validate_frames(frames["episodes"], frames["sites"], frames["site_months"])
+    reconciles(r.summary)
+    q = r.quarantine
+    assert len(q) == 1, q[["file", "row", "reasons", "details"]]
+    assert q["file"].iloc[0] == f"{table}.csv"
+    assert q["row"].iloc[0] == row + 1  # 1-based data row, header excluded
+    assert set(q["reasons"].iloc[0].split(";")) == expected
+    assert r.summary["files"][table]["rules"] == {code: 1 for code in expected}
+    assert r.summary["files"][table]["rows_accepted"] == len(df) - 1
+    for col, value in change.items():  # details name the column and its offending value
+        if col in q["details"].iloc[0]:
+            assert value.strip() in q["details"].iloc[0]
+        assert q[col].iloc[0] == value.strip()  # raw value kept as a string
+
+
+def test_every_rule_code_is_exercised():
+    covered = set().union(*(c[3] for c in CASES.values()))
+    assert covered == set(RULES)
+
+
+def test_all_reasons_are_reported_not_just_the_first():
+    ep = raw("episodes")
+    ep.loc[3, ["age_years", "sex", "huddle", "time_zero", "ccc_count"]] = ["30", "Q", "x", "soon", ""]
+    r = validate_frames(ep, raw("sites"), raw("site_months"))
+    q = r.quarantine.iloc[0]
+    assert q["row"] == 4 and q["key"] == "E0004"
+    assert q["reasons"].split(";") == [
+        "missing_required", "out_of_range", "unknown_category", "invalid_bool", "unparseable_timestamp"]
+    for text in ("age_years='30'", "sex='Q'", "huddle='x'", "time_zero='soon'", "ccc_count is empty"):
+        assert text in q["details"]
+
+
+def test_duplicates_keep_first_and_name_the_row():
+    ep = raw("episodes")
+    ep.loc[len(ep)] = ep.loc[4].copy()
+    ep.loc[len(ep)] = ep.loc[4].copy()
+    r = validate_frames(ep, raw("sites"), raw("site_months"))
+    q = r.quarantine
+    assert q["row"].tolist() == [13, 14]
+    assert (q["details"] == "episode_id='E0005' duplicates row 5").all()
+    assert (r.episodes.episode_id == "E0005").sum() == 1
+
+
+def test_quarantined_site_cascades_to_its_episodes_and_months():
+    si = raw("sites")
+    si.loc[2, "go_live"] = "not a date"  # S03
+    r = validate_frames(raw("episodes"), si, raw("site_months"))
+    reconciles(r.summary)
+    files = r.summary["files"]
+    assert files["sites"]["rules"] == {"unparseable_date": 1}
+    assert files["site_months"]["rules"] == {"unknown_site_id": 3}
+    assert files["episodes"]["rules"] == {"unknown_site_id": 4}
+    cascaded = r.quarantine[r.quarantine.file != "sites.csv"]
+    assert (cascaded["details"] == "site_id='S03' was quarantined in sites.csv").all()
+    assert "S03" not in set(r.episodes.site_id)
+
+
+def test_whitespace_is_ignored():
+    ep = raw("episodes")
+    ep.loc[0, "sex"] = " F "
+    ep.loc[0, "time_zero"] = " 2016-12-03T08:40:00"
+    r = validate_frames(ep, raw("sites"), raw("site_months"))
+    assert r.quarantine.empty
+
+
+def test_typed_frames_validate_like_strings():
+    good = validate_collaborative(GOOD)
+    again = validate_frames(good.episodes, good.sites, good.site_months)
+    assert again.quarantine.empty
+    assert again.data_hash == good.data_hash
+    pd.testing.assert_frame_equal(again.episodes, good.episodes)
+
+
+def test_typed_frames_rules_still_apply():
+    good = validate_collaborative(GOOD)
+    ep = good.episodes.copy()
+    ep.loc[0, "age_years"] = 40.0
+    ep.loc[1, "death_time"] = ep.loc[1, "time_zero"] - pd.Timedelta(hours=1)
+    r = validate_frames(ep, good.sites, good.site_months)
+    assert r.quarantine["reasons"].tolist() == ["out_of_range", "death_before_t0"]
+
+
+def test_parquet_inputs_match_csv(tmp_path):
+    good = validate_collaborative(GOOD)
+    typed = tmp_path / "typed"
+    typed.mkdir()
+    good.episodes.to_parquet(typed / "episodes.parquet")
+    shutil.copy(GOOD / "sites.csv", typed)
+    good.site_months.to_parquet(typed / "site_months.parquet")
+    strings = tmp_path / "strings"
+    strings.mkdir()
+    for t in N_GOOD:
+        raw(t).to_parquet(strings / f"{t}.parquet")
+    for d in (typed, strings):
+        r = validate_collaborative(d)
+        assert r.quarantine.empty
+        assert r.data_hash == good.data_hash
+    assert good.summary["files"]["episodes"]["file"] == "episodes.csv"
+    assert validate_collaborative(typed).summary["files"]["episodes"]["file"] == "episodes.parquet"
+
+
+def test_data_hash_changes_with_data():
+    a = validate_collaborative(GOOD)
+    ep = raw("episodes")
+    ep.loc[0, "age_years"] = "3.6"
+    b = validate_frames(ep, raw("sites"), raw("site_months"))
+    assert a.data_hash != b.data_hash
+
+
+def test_extra_columns_are_kept():
+    ep = raw("episodes")
+    ep["note"] = "x"
+    r = validate_frames(ep, raw("sites"), raw("site_months"))
+    assert r.summary["files"]["episodes"]["extra_columns"] == ["note"]
+    assert (r.episodes["note"] == "x").all()
+
+
+# ---------------------------------------------------------------------------------------------
+# fatal errors
+def extract(tmp_path: Path) -> Path:
+    d = tmp_path / "extract"
+    shutil.copytree(GOOD, d)
+    return d
+
+
+def test_missing_column_is_fatal(tmp_path):
+    d = extract(tmp_path)
+    raw("episodes").drop(columns="sex").to_csv(d / "episodes.csv", index=False)
+    with pytest.raises(DataContractError) as err:
+        validate_collaborative(d)
+    assert err.value.file == "episodes.csv" and err.value.column == "sex"
+    assert "episodes.csv" in str(err.value) and "'sex'" in str(err.value)
+
+
+def test_wrong_type_column_is_fatal(tmp_path):
+    d = extract(tmp_path)
+    ep = raw("episodes")
+    ep["age_years"] = ep["sex"]  # shifted column: letters where ages belong
+    ep.to_csv(d / "episodes.csv", index=False)
+    with pytest.raises(DataContractError) as err:
+        validate_collaborative(d)
+    assert (err.value.file, err.value.column) == ("episodes.csv", "age_years")
+
+
+def test_binary_garbage_parquet_is_fatal(tmp_path):
+    d = extract(tmp_path)
+    (d / "episodes.csv").unlink()
+    (d / "episodes.parquet").write_bytes(np.random.default_rng(1).bytes(4096))
+    with pytest.raises(DataContractError) as err:
+        validate_collaborative(d)
+    assert err.value.file.endswith("episodes.parquet")
+    assert "unreadable" in err.value.message
+
+
+@pytest.mark.parametrize("problem", ["invalid_utf8", "directory", "ragged", "empty", "missing"])
+def test_unreadable_files_are_fatal(tmp_path, problem):
+    d = extract(tmp_path)
+    target = d / "site_months.csv"
+    if problem == "invalid_utf8":
+        target.write_bytes(target.read_bytes() + b"S01,2017-03,\xff\xfe\n")
+    elif problem == "directory":
+        target.unlink()
+        target.mkdir()
+    elif problem == "ragged":
+        target.write_text(target.read_text() + "S01,2017-03,10,extra\n")
+    elif problem == "empty":
+        target.write_text("")
+    else:
+        target.unlink()
+    with pytest.raises(DataContractError) as err:
+        validate_collaborative(d)
+    assert err.value.file.endswith("site_months.csv")
+
+
+def test_both_formats_present_is_fatal(tmp_path):
+    d = extract(tmp_path)
+    raw("episodes").to_parquet(d / "episodes.parquet")
+    with pytest.raises(DataContractError, match="both episodes.csv and episodes.parquet"):
+        validate_collaborative(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# property tests: garbage rows appended to a good file
+WEIRD = st.sampled_from([
+    "", " ", "NA", "null", "nan", "inf", "-1", "0", "1e309", "2016-12-03T08:40:00Z",
+    "2016-12-03T08:40:00+05:30", "2016-12-03", "12/03/2016 08:40", "2016-12-03T08:40:00",
+    "2016-13-03T08:40:00", "2016-12-03 08:40", "1481 000 000", "true", "YES", "ED", "S01", "E0001",
+    "P001", "\"", "a,b", "line\nbreak", "\t", "é", "2016-12-03T08:40:00.123456789", "99999-01-01T00:00",
+])
+FIELD = st.one_of(
+    WEIRD,
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+    st.integers(-10**6, 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.datetimes().map(lambda t: t.isoformat(sep=st_sep(t))),
+)
+
+
+def st_sep(t) -> str:
+    return "T" if t.microsecond % 2 else " "
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(FIELD, min_size=19, max_size=19), min_size=1, max_size=6))
+def test_garbage_rows_never_crash_and_reconcile(tmp_path_factory, rows):
+    d = tmp_path_factory.mktemp("garbage")
+    for t in ("sites", "site_months"):
+        shutil.copy(GOOD / f"{t}.csv", d)
+    shutil.copy(GOOD / "episodes.csv", d)
+    with open(d / "episodes.csv", "a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    r = validate_collaborative(d)
+    reconciles(r.summary)
+    ep = r.summary["files"]["episodes"]
+    assert ep["rows_read"] == N_GOOD["episodes"] + len(rows)
+    good_ids = {f"E{i:04d}" for i in range(1, 13)}
+    assert good_ids <= set(r.episodes["episode_id"])
+    q = r.quarantine
+    assert set(q["row"]) <= set(range(13, 13 + len(rows)))
+    assert (q["reasons"] != "").all()
+    for reasons in q["reasons"]:
+        assert set(reasons.split(";")) <= set(RULES)
+    # per-rule counts agree with the quarantine frame
+    for code, count in ep["rules"].items():
+        assert q["reasons"].str.split(";").map(lambda r, c=code: c in r).sum() == count
+    # every accepted row satisfies the contract
+    schema("episodes").validate(r.episodes)
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=st.lists(FIELD, min_size=1, max_size=4), column=st.sampled_from(contract.field_names("episodes")))
+def test_garbage_values_in_any_column(values, column):
+    ep = raw("episodes")
+    for i, v in enumerate(values):
+        ep.loc[i, column] = v
+    r = validate_frames(ep, raw("sites"), raw("site_months"))
+    reconciles(r.summary)
+    assert r.summary["files"]["episodes"]["rows_accepted"] >= N_GOOD["episodes"] - len(values)
