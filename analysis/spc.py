@@ -1,0 +1,1043 @@
+"""Statistical process control (SPC) charts as QI teams read them.
+
+One function per chart, tidy frame in, :class:`ControlChart` out:
+
+=============  ============================================  ===========================
+function       chart                                         y / n
+=============  ============================================  ===========================
+run_chart      run chart, centre line = median               value (or y/n if n given)
+i_chart        individuals (XmR) chart                       value (or y/n if n given)
+mr_chart       moving-range chart of the I chart             value
+xbar_chart     subgroup means (episode-level rows)           value per row, x = subgroup
+s_chart        subgroup standard deviations                  value per row, x = subgroup
+p_chart        proportion                                    events / denominator
+pp_chart       Laney p' (overdispersion-corrected p)         events / denominator
+u_chart        rate                                          events / exposure
+up_chart       Laney u'                                      events / exposure
+c_chart        count                                         events
+g_chart        opportunities between rare events             e.g. episodes between deaths
+=============  ============================================  ===========================
+
+R's qicharts2 (Anhøj) is the reference for behaviour and numbers; formulas follow its
+``R/helper.functions.R`` (``qic.i``, ``qic.p``, ``qic.pp`` ...) and are cited where used.
+
+Common arguments
+----------------
+x
+    Time (subgroup) column. Rows sharing an x value form one subgroup (counts and denominators
+    are summed; values are averaged for run/I charts).
+part
+    Recompute limits per phase: ``None``, a column name (a change of value starts a new part) or
+    a list of x values, each the first x of a new part (e.g. the go-live month).
+freeze
+    Limits from a baseline period, extended forward: the last baseline x value, or an integer
+    count of baseline points when it is not an x value. Cannot be combined with ``part``
+    (qicharts2 silently ignores freeze when part is given; we refuse instead).
+exclude
+    x values left out of the centre-line / limit calculation and of the runs analysis (they are
+    still plotted and still flagged when outside the limits), as qicharts2's ``exclude``.
+multiply
+    Multiply y, centre line and limits for display, e.g. 100 for percent.
+rules
+    ``"anhoej"`` (default), ``"shewhart"`` or ``"ihi"``; see :mod:`analysis.spc_rules`.
+detect_shifts
+    Off by default. When on, a sustained shift starts a new part, the way QI teams re-base a
+    chart: limits are computed from the first ``shift_min_points`` points of the current part
+    and extended forward; the first run that breaks the shift rule (Anhøj: longer than
+    round(log2 n) + 3 useful points; IHI and Shewhart: 8 or more points on one side, 6 for IHI run
+    charts) starting at least ``shift_min_points`` points after the part start, and leaving at
+    least ``shift_min_points`` points after it, becomes a new part if the new part's own centre
+    line lies on the side of the run (the shift is confirmed). Repeat from the new part.
+    Final limits are then computed per part from all its points. The x values where new parts
+    were started are in ``ControlChart.detected_breaks``.
+
+Degenerate input (empty frame, one subgroup, a zero or missing denominator, counts above the
+denominator, all-zero counts, no variation) raises ``ValueError`` naming the column and value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import spc_rules as R
+
+CHART_NAMES = {
+    "run": "Run chart",
+    "i": "I chart",
+    "mr": "MR chart",
+    "xbar": "Xbar chart",
+    "s": "S chart",
+    "p": "P chart",
+    "pp": "P' chart (Laney)",
+    "u": "U chart",
+    "up": "U' chart (Laney)",
+    "c": "C chart",
+    "g": "G chart",
+}
+_NEEDS_N = {"p", "pp", "u", "up"}
+_OPTIONAL_N = {"run", "i", "mr"}
+_NO_N = {"xbar", "s", "c", "g"}
+_SUBGROUPED = {"xbar", "s"}
+
+# Constants used by qicharts2 (R/helper.functions.R): d2 for n = 2 and D4 for n = 2.
+D2 = 1.128
+D4 = 3.267
+
+
+# --------------------------------------------------------------------------------------------
+# Bias-correction constants (qicharts2 c4/c5/a3/b3/b4; Montgomery, Introduction to SQC, App. VI)
+# --------------------------------------------------------------------------------------------
+
+
+def c4(n: np.ndarray | float) -> np.ndarray:
+    """c4(n) = sqrt(2/(n-1)) * Gamma(n/2) / Gamma((n-1)/2); NaN for n <= 1."""
+    n = np.asarray(n, float)
+    out = np.full(n.shape, np.nan)
+    ok = n > 1
+    nn = n[ok]
+    out[ok] = np.sqrt(2 / (nn - 1)) * np.exp(
+        np.vectorize(math.lgamma)(nn / 2) - np.vectorize(math.lgamma)((nn - 1) / 2)
+    )
+    return out
+
+
+def _c5(n):
+    return np.sqrt(1 - c4(n) ** 2)
+
+
+def a3(n):
+    """A3(n) = 3 / (c4(n) sqrt(n)): Xbar limits are centre +- A3 * s-bar."""
+    n = np.asarray(n, float)
+    return 3 / (c4(n) * np.sqrt(n))
+
+
+def b3(n):
+    """B3(n) = max(0, 1 - 3 c5/c4): S chart lower limit factor."""
+    return np.maximum(0, 1 - 3 * _c5(n) / c4(n))
+
+
+def b4(n):
+    """B4(n) = 1 + 3 c5/c4: S chart upper limit factor."""
+    return 1 + 3 * _c5(n) / c4(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Result objects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ControlChart:
+    """Result of one SPC chart.
+
+    Attributes
+    ----------
+    chart: chart key (``"p"``, ``"i"`` ...); ``chart_name`` is the readable name.
+    rules: rule set used (``"anhoej"``, ``"shewhart"``, ``"ihi"``); ``caption`` names it.
+    data: one row per subgroup: x, y, n, cl, lcl, ucl, sigma (1-sigma distance from the centre line,
+        before clipping at 0/1), part, baseline (used for limits), include (not excluded), the
+        point-level flags sigma_signal (outside limits), runs_signal (the part's Anhøj runs test
+        fired), long_run (point in a run longer than the Anhøj limit), shift / trend /
+        two_of_three / hugging / runs_count (IHI rules; False unless ``rules="ihi"``), and
+        ``signal`` (any flag of the rule set in use).
+    runs: one row per part with the runs statistics (useful observations, longest run and its
+        limit, crossings and their minimum, number of runs and the IHI runs-count limits).
+    multiply: display multiplier applied to y, cl, lcl, ucl, sigma.
+    detected_breaks: x values where automatic shift detection started a new part.
+    notes: anything the reader should know (e.g. subgroups of size one on an Xbar chart).
+    """
+
+    chart: str
+    rules: str
+    data: pd.DataFrame
+    runs: pd.DataFrame
+    multiply: float = 1.0
+    x_name: str = "x"
+    y_name: str = "y"
+    n_name: str | None = None
+    freeze_x: Any = None
+    detected_breaks: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chart_name(self) -> str:
+        return CHART_NAMES[self.chart]
+
+    @property
+    def signal(self) -> bool:
+        """Whether any signal of the rule set fired anywhere on the chart."""
+        return bool(self.data["signal"].any())
+
+    @property
+    def runs_signal(self) -> bool:
+        """Whether the Anhøj runs test fired in any part."""
+        return bool(self.runs["runs_signal"].any())
+
+    @property
+    def caption(self) -> str:
+        rule = R.RULE_CAPTIONS[self.rules]
+        if self.rules == "anhoej" and self.chart != "run":
+            rule += " + Shewhart 3-sigma limits"
+        parts = []
+        for row in self.runs.itertuples():
+            if row.n_useful:
+                parts.append(
+                    f"part {row.part}: longest run {row.longest_run} (limit {row.longest_run_max}),"
+                    f" crossings {row.n_crossings} (min {row.n_crossings_min})"
+                )
+        text = f"{self.chart_name}. Signal rules: {rule}."
+        if parts:
+            text += " " + "; ".join(parts) + "."
+        if self.detected_breaks:
+            text += " New parts from automatic shift detection at: " + ", ".join(
+                _fmt_x(b) for b in self.detected_breaks
+            ) + "."
+        return text
+
+    def summary(self) -> pd.DataFrame:
+        """One row per part: x range, centre line, limit range, runs statistics, signal counts."""
+        d = self.data
+        rows = []
+        for part, g in d.groupby("part", sort=True):
+            r = self.runs.loc[self.runs["part"] == part].iloc[0]
+            rows.append(
+                {
+                    "chart": self.chart,
+                    "rules": self.rules,
+                    "part": part,
+                    "x_start": g["x"].iloc[0],
+                    "x_end": g["x"].iloc[-1],
+                    "n_points": len(g),
+                    "cl": g["cl"].iloc[-1],
+                    "lcl_min": g["lcl"].min(),
+                    "lcl_max": g["lcl"].max(),
+                    "ucl_min": g["ucl"].min(),
+                    "ucl_max": g["ucl"].max(),
+                    "n_useful": r["n_useful"],
+                    "longest_run": r["longest_run"],
+                    "longest_run_max": r["longest_run_max"],
+                    "n_crossings": r["n_crossings"],
+                    "n_crossings_min": r["n_crossings_min"],
+                    "runs_signal": r["runs_signal"],
+                    "n_outside_limits": int(g["sigma_signal"].sum()),
+                    "n_signal_points": int(g["signal"].sum()),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def plot(self, ax=None, *, title: str | None = None, show_caption: bool = True,
+             ylabel: str | None = None, compact: bool = False):
+        """Draw the chart; returns the matplotlib Axes.
+
+        Centre line per part (dashed and coloured when the part's runs test fired, as qicharts2),
+        control limits as steps (they vary with n), points outside limits / rule violations
+        highlighted, part boundaries and the end of a frozen baseline marked, caption naming the
+        rule set below the axes.
+        """
+        from .plotting import PALETTE, new_axes
+
+        ax = new_axes(ax, figsize=(9, 4.5))
+        d = self.data
+        xs = _plot_x(d["x"])
+        ms = 3 if compact else 5
+        ax.plot(xs, d["y"], color=PALETTE["observed"], lw=1, marker="o", ms=ms, zorder=2)
+        for part, g in d.groupby("part", sort=True):
+            idx = g.index
+            px = xs[idx] if isinstance(xs, np.ndarray) else xs.loc[idx]
+            runs_sig = bool(g["runs_signal"].iloc[0]) and self.rules == "anhoej"
+            ax.plot(px, g["cl"], color=PALETTE["signal"] if runs_sig else PALETTE["fitted"],
+                    ls="--" if runs_sig else "-", lw=1.5, drawstyle="steps-mid", zorder=1)
+            for lim in ("lcl", "ucl"):
+                if g[lim].notna().any():
+                    ax.plot(px, g[lim], color=PALETTE["limit"], lw=1, drawstyle="steps-mid",
+                            zorder=1)
+        parts = d["part"].to_numpy()
+        for i in np.flatnonzero(np.diff(parts) != 0) + 1:
+            ax.axvline(_mid(xs, i), color=PALETTE["limit"], ls=":", lw=1)
+        if self.freeze_x is not None:
+            i = int(np.flatnonzero(d["baseline"].to_numpy())[-1]) + 1
+            if i < len(d):
+                ax.axvline(_mid(xs, i), color=PALETTE["limit"], ls="-.", lw=1)
+                if not compact:
+                    ax.annotate("baseline ends", xy=(_mid(xs, i), 1), xycoords=("data", "axes fraction"),
+                                fontsize=8, ha="right", va="top", color="dimgray")
+        sig = d["signal"].to_numpy(bool)
+        if sig.any():
+            ax.scatter(xs[sig], d["y"][sig], color=PALETTE["highlight"], s=(25 if compact else 45),
+                       zorder=3, label="signal")
+        excl = ~d["include"].to_numpy(bool)
+        if excl.any():
+            ax.scatter(xs[excl], d["y"][excl], facecolors="white", edgecolors=PALETTE["observed"],
+                       s=(25 if compact else 45), zorder=4, label="excluded")
+        if isinstance(xs, np.ndarray) and d["x"].dtype == object:
+            ax.set_xticks(xs)
+            ax.set_xticklabels([str(v) for v in d["x"]], rotation=90, fontsize=7)
+        ax.set_title(title if title is not None else f"{self.chart_name} of {self._ylab()}",
+                     fontsize=9 if compact else None)
+        if not compact:
+            ax.set_ylabel(ylabel or self._ylab())
+            ax.set_xlabel(self.x_name)
+        if show_caption:
+            ax.annotate(_wrap(self.caption, 130 if not compact else 60), xy=(0, 0),
+                        xycoords="axes fraction", xytext=(0, -32), textcoords="offset points",
+                        fontsize=7, va="top", ha="left", color="dimgray")
+        return ax
+
+    def _ylab(self) -> str:
+        lab = self.y_name if self.n_name is None else f"{self.y_name} / {self.n_name}"
+        if self.chart == "mr":
+            lab = f"moving range of {lab}"
+        if self.chart == "s":
+            lab = f"SD of {lab}"
+        if self.multiply != 1:
+            lab += f" x {self.multiply:g}"
+        return lab
+
+
+@dataclass
+class FacetedCharts:
+    """Small multiples: one :class:`ControlChart` per facet (e.g. site), keyed by its label.
+
+    ``failed`` maps the labels of facets whose chart could not be computed to the reason (e.g. all
+    counts zero); they are listed in ``summary()`` with ``status="failed"`` instead of crashing a
+    batch report.
+    """
+
+    chart: str
+    rules: str
+    facet: str
+    charts: dict[str, ControlChart]
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def caption(self) -> str:
+        first = next(iter(self.charts.values()), None)
+        rule = R.RULE_CAPTIONS[self.rules]
+        if self.rules == "anhoej" and self.chart != "run":
+            rule += " + Shewhart 3-sigma limits"
+        name = first.chart_name if first else CHART_NAMES[self.chart]
+        txt = f"{name} per {self.facet}. Signal rules: {rule}."
+        if self.failed:
+            txt += f" Not charted: {', '.join(self.failed)}."
+        return txt
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """All facets' point data stacked, with a ``facet`` column holding the label."""
+        frames = [c.data.assign(facet=lab) for lab, c in self.charts.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def summary(self) -> pd.DataFrame:
+        rows = [c.summary().assign(facet=lab, status="ok", reason="") for lab, c in self.charts.items()]
+        rows += [pd.DataFrame({"facet": [lab], "status": ["failed"], "reason": [why],
+                               "chart": [self.chart], "rules": [self.rules]})
+                 for lab, why in self.failed.items()]
+        if not rows:
+            return pd.DataFrame()
+        out = pd.concat(rows, ignore_index=True)
+        cols = ["facet", "status"] + [c for c in out.columns if c not in ("facet", "status")]
+        return out[cols]
+
+    def plot(self, ncols: int = 4, *, sharey: bool = True, figsize=None, title: str | None = None):
+        """Grid of charts (one panel per facet); returns the Figure. Caption names the rule set."""
+        import matplotlib.pyplot as plt
+
+        from .plotting import set_theme
+
+        set_theme()
+        labels = list(self.charts)
+        k = max(len(labels), 1)
+        ncols = max(1, min(ncols, k))
+        nrows = math.ceil(k / ncols)
+        figsize = figsize or (3.2 * ncols, 2.4 * nrows + 0.8)
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, sharey=sharey, squeeze=False)
+        for ax, lab in zip(axes.flat, labels):
+            self.charts[lab].plot(ax=ax, title=str(lab), show_caption=False, compact=True)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(labels):]:
+            ax.set_visible(False)
+        if title:
+            fig.suptitle(title)
+        fig.text(0.01, 0.005, _wrap(self.caption, 160), fontsize=7, va="bottom", ha="left",
+                 color="dimgray")
+        fig.tight_layout(rect=(0, 0.05, 1, 0.97 if title else 1))
+        return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+
+
+def _check_frame(df: pd.DataFrame, cols: dict[str, str | None]) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"expected a pandas DataFrame, got {type(df).__name__}")  # noqa: TRY004
+    for role, col in cols.items():
+        if col is not None and col not in df.columns:
+            raise ValueError(f"{role} column {col!r} not found in the data frame")
+    if len(df) == 0:
+        raise ValueError("the data frame is empty: nothing to chart")
+
+
+def _aggregate(df: pd.DataFrame, chart: str, x: str, y: str, n: str | None) -> pd.DataFrame:
+    """One row per x: y statistic, numerator sum, denominator sum, subgroup size, mean, SD."""
+    if df[x].isna().any():
+        raise ValueError(f"x column {x!r} has {int(df[x].isna().sum())} missing value(s)")
+    yv = pd.to_numeric(df[y], errors="coerce")
+    bad = yv.isna() & df[y].notna()
+    if bad.any():
+        raise ValueError(f"y column {y!r} is not numeric (e.g. {df.loc[bad, y].iloc[0]!r})")
+    if yv.isna().any():
+        first = df.loc[yv.isna(), x].iloc[0]
+        raise ValueError(
+            f"y column {y!r} has {int(yv.isna().sum())} missing value(s) (first at {x}={first!r});"
+            " drop or fill them explicitly before charting"
+        )
+    work = pd.DataFrame({"x": df[x].to_numpy(), "y": yv.to_numpy(float)})
+    if n is not None:
+        nv = pd.to_numeric(df[n], errors="coerce")
+        if nv.isna().any():
+            first = df.loc[nv.isna(), x].iloc[0]
+            raise ValueError(f"denominator column {n!r} has missing/non-numeric values (first at {x}={first!r})")
+        work["n"] = nv.to_numpy(float)
+    g = work.groupby("x", sort=True)
+    out = pd.DataFrame(
+        {
+            "y_sum": g["y"].sum(),
+            "y_count": g["y"].count(),
+            "y_mean": g["y"].mean(),
+            "y_sd": g["y"].std(ddof=1),
+        }
+    )
+    out["n"] = g["n"].sum() if n is not None else np.nan
+    out = out.reset_index()
+    if chart in _NEEDS_N or (n is not None):
+        zero = out["n"] <= 0
+        if zero.any():
+            raise ValueError(
+                f"denominator {n!r} is {out.loc[zero, 'n'].iloc[0]:g} at {x}={out.loc[zero, 'x'].iloc[0]!r};"
+                " a subgroup needs a positive denominator"
+            )
+    if chart in {"p", "pp", "c", "u", "up", "g"} and (work["y"] < 0).any():
+        raise ValueError(f"y column {y!r} has negative values; counts must be >= 0")
+    if chart in {"p", "pp"}:
+        over = out["y_sum"] > out["n"]
+        if over.any():
+            raise ValueError(
+                f"{y!r} exceeds {n!r} at {x}={out.loc[over, 'x'].iloc[0]!r}: a proportion needs"
+                " events <= denominator"
+            )
+    if n is not None:
+        out["y"] = out["y_sum"] / out["n"]
+    elif chart == "c":
+        out["y"] = out["y_sum"]
+    elif chart == "s":
+        out["y"] = out["y_sd"]
+    else:
+        out["y"] = out["y_mean"]
+    return out
+
+
+def _positions(xs: pd.Series, values, what: str) -> list[int]:
+    """Positions in the sorted subgroup x values of each requested x value (ValueError if absent)."""
+    if values is None:
+        return []
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, pd.Index, pd.Series, set)):
+        values = [values]
+    out = []
+    for v in values:
+        hit = np.flatnonzero(_x_equal(xs, v))
+        if hit.size == 0:
+            raise ValueError(f"{what} value {v!r} is not an x value of the data")
+        out.append(int(hit[0]))
+    return out
+
+
+def _x_equal(xs: pd.Series, v) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(xs):
+        try:
+            v = pd.Timestamp(v)
+        except (TypeError, ValueError):
+            return np.zeros(len(xs), bool)
+    elif isinstance(xs.dtype, pd.PeriodDtype):
+        try:
+            v = pd.Period(v, freq=xs.dtype.freq)
+        except (TypeError, ValueError):
+            return np.zeros(len(xs), bool)
+    try:
+        return (xs == v).to_numpy(bool)
+    except TypeError:
+        return np.zeros(len(xs), bool)
+
+
+def _parts_from_spec(df: pd.DataFrame, x: str, agg: pd.DataFrame, part) -> np.ndarray:
+    k = len(agg)
+    if part is None:
+        return np.ones(k, int)
+    if isinstance(part, str) and part in df.columns:
+        per_x = df.groupby(x, sort=True)[part].nunique(dropna=False)
+        if (per_x > 1).any():
+            bad = per_x.index[per_x > 1][0]
+            raise ValueError(f"part column {part!r} takes several values at {x}={bad!r}")
+        labels = df.groupby(x, sort=True)[part].first().to_numpy()
+        change = np.r_[True, labels[1:] != labels[:-1]]
+        return np.cumsum(change).astype(int)
+    if isinstance(part, str):
+        # a single x value given as a string break point, or a misspelt column name
+        try:
+            pos = _positions(agg["x"], [part], "part")
+        except ValueError:
+            raise ValueError(f"part {part!r} is neither a column nor an x value") from None
+    else:
+        pos = _positions(agg["x"], part, "part")
+    parts = np.ones(k, int)
+    for p in sorted(set(pos)):
+        if p > 0:
+            parts[p:] += 1
+    return parts
+
+
+def _baseline_from_freeze(agg: pd.DataFrame, freeze) -> np.ndarray:
+    k = len(agg)
+    if freeze is None:
+        return np.ones(k, bool)
+    hit = np.flatnonzero(_x_equal(agg["x"], freeze))
+    if hit.size:
+        last = int(hit[0])
+    elif isinstance(freeze, (int, np.integer)) and not isinstance(freeze, bool) and 1 <= freeze <= k:
+        last = int(freeze) - 1
+    else:
+        raise ValueError(f"freeze={freeze!r} is neither an x value nor a count between 1 and {k}")
+    base = np.zeros(k, bool)
+    base[: last + 1] = True
+    return base
+
+
+# --------------------------------------------------------------------------------------------
+# Limits per part (unmultiplied scale). Each returns y, cl, lcl, ucl, sigma arrays.
+# --------------------------------------------------------------------------------------------
+
+
+class _Degenerate(ValueError):
+    pass
+
+
+def _screened_amr(values: np.ndarray, screen: bool) -> float:
+    """Average moving range, optionally dropping moving ranges above 3.267 * AMR (Nelson 1982),
+    as qicharts2 ``qic.i`` does (option qic.screenedmr, TRUE by default since qicharts2 0.7)."""
+    mr = np.abs(np.diff(values))
+    mr = mr[~np.isnan(mr)]
+    if mr.size == 0:
+        return np.nan
+    amr = mr.mean()
+    if screen:
+        kept = mr[mr < D4 * amr]
+        amr = kept.mean() if kept.size else amr
+    return float(amr)
+
+
+def _limits(chart: str, g: pd.DataFrame, base: np.ndarray, opts: dict) -> tuple:
+    k = len(g)
+    y = g["y"].to_numpy(float)
+    nn = g["n"].to_numpy(float)
+    nan = np.full(k, np.nan)
+    if chart == "run":
+        cl = float(np.median(y[base]))
+        return y, np.full(k, cl), nan, nan, nan
+    if chart == "i":
+        cl = float(y[base].mean())
+        amr = _screened_amr(y[base], opts.get("screen_mr", True))
+        if not amr > 0:
+            raise _Degenerate("all values are identical, so the moving ranges are zero and sigma cannot be estimated")
+        sd = amr / D2  # Montgomery eq. 6.33, qicharts2 qic.i
+        return y, np.full(k, cl), np.full(k, cl - 3 * sd), np.full(k, cl + 3 * sd), np.full(k, sd)
+    if chart == "mr":
+        y = np.r_[np.nan, np.abs(np.diff(y))]
+        yb = y[base]
+        yb = yb[~np.isnan(yb)]
+        if yb.size == 0:
+            raise _Degenerate("needs at least two points to form a moving range")
+        cl = float(yb.mean())
+        if not cl > 0:
+            raise _Degenerate("all moving ranges are zero")
+        # qicharts2 qic.mr: UCL = 3.267 * MR-bar, LCL = 0
+        return y, np.full(k, cl), np.zeros(k), np.full(k, D4 * cl), np.full(k, (D4 - 1) * cl / 3)
+    if chart in ("xbar", "s"):
+        size = g["y_count"].to_numpy(float)
+        sd = g["y_sd"].to_numpy(float)
+        mean = g["y_mean"].to_numpy(float)
+        okb = base & (size > 1)
+        if okb.sum() == 0:
+            raise _Degenerate("no subgroup in the baseline has two or more values, so no within-subgroup SD")
+        var_n = len(np.unique(size)) > 1
+        if var_n:  # pooled SD, Montgomery eq. 6.31 (qicharts2 qic.xbar / qic.s)
+            sbar = math.sqrt(np.nansum((size[okb] - 1) * sd[okb] ** 2) / np.nansum(size[okb] - 1))
+        else:  # Montgomery eq. 6.29
+            sbar = float(np.nanmean(sd[okb]))
+        if not sbar > 0:
+            raise _Degenerate("all within-subgroup standard deviations are zero")
+        if chart == "xbar":
+            cl = float(np.sum(size[base] * mean[base]) / np.sum(size[base]))  # Montgomery eq. 6.30
+            A3 = a3(size)
+            return mean, np.full(k, cl), cl - A3 * sbar, cl + A3 * sbar, A3 * sbar / 3
+        return sd, np.full(k, sbar), b3(size) * sbar, b4(size) * sbar, sbar * _c5(size) / c4(size)
+    if chart in ("p", "pp"):
+        cl = float(g["y_sum"].to_numpy()[base].sum() / nn[base].sum())
+        if cl == 0:
+            raise _Degenerate("all counts are zero, so the centre line is 0 and the limits collapse")
+        if cl == 1:
+            raise _Degenerate("every unit is an event (proportion 1), so the limits collapse")
+        sd = np.sqrt(cl * (1 - cl) / nn)
+        if chart == "pp":
+            sd = sd * _laney_sigma_z(y[base], cl, sd[base], opts.get("screen_mr", True))
+        lcl = np.maximum(cl - 3 * sd, 0)
+        ucl = np.minimum(cl + 3 * sd, 1)
+        return y, np.full(k, cl), lcl, ucl, sd
+    if chart in ("u", "up"):
+        cl = float(g["y_sum"].to_numpy()[base].sum() / nn[base].sum())
+        if cl == 0:
+            raise _Degenerate("all counts are zero, so the centre line is 0 and the limits collapse")
+        sd = np.sqrt(cl / nn)  # Montgomery eq. 7.19
+        if chart == "up":
+            sd = sd * _laney_sigma_z(y[base], cl, sd[base], opts.get("screen_mr", True))
+        return y, np.full(k, cl), np.maximum(cl - 3 * sd, 0), cl + 3 * sd, sd
+    if chart == "c":
+        cl = float(y[base].mean())
+        if cl == 0:
+            raise _Degenerate("all counts are zero, so the centre line is 0 and the limits collapse")
+        sd = math.sqrt(cl)  # Montgomery eq. 7.17
+        return y, np.full(k, cl), np.full(k, max(cl - 3 * sd, 0)), np.full(k, cl + 3 * sd), np.full(k, sd)
+    if chart == "g":
+        m = float(y[base].mean())
+        if m == 0:
+            raise _Degenerate("all values are zero, so the geometric mean is 0 and the limits collapse")
+        sd = math.sqrt(m * (m + 1))  # geometric distribution, Montgomery p. 319; qicharts2 qic.g
+        centre = opts.get("centre", "median")
+        cl = float(np.median(y[base])) if centre == "median" else m
+        return y, np.full(k, cl), np.full(k, max(m - 3 * sd, 0)), np.full(k, m + 3 * sd), np.full(k, sd)
+    raise ValueError(f"unknown chart {chart!r}")
+
+
+def _laney_sigma_z(yb: np.ndarray, cl: float, sdb: np.ndarray, screen: bool) -> float:
+    """Laney (2002) sigma_z: average moving range of the z-scores / 1.128 (qicharts2 qic.pp/qic.up)."""
+    z = (yb - cl) / sdb
+    if z.size < 2:
+        raise _Degenerate("Laney's sigma_z needs at least two subgroups")
+    sz = _screened_amr(z, screen) / D2
+    if not sz > 0:
+        raise _Degenerate("all z-scores are identical, so Laney's sigma_z is zero")
+    return sz
+
+
+# --------------------------------------------------------------------------------------------
+# Engine
+# --------------------------------------------------------------------------------------------
+
+
+def _compute_parts(chart, agg, parts, baseline, include, opts) -> pd.DataFrame:
+    cols = {c: np.full(len(agg), np.nan) for c in ("yv", "cl", "lcl", "ucl", "sigma")}
+    for p in np.unique(parts):
+        m = parts == p
+        g = agg.loc[m].reset_index(drop=True)
+        base = (baseline & include)[m]
+        if base.sum() < 2 and not (chart in _SUBGROUPED and base.sum() >= 1):
+            raise ValueError(
+                f"{CHART_NAMES[chart]}: part {p} has {int(base.sum())} point(s) available for the"
+                " centre line and limits; at least 2 are needed"
+            )
+        try:
+            yv, cl, lcl, ucl, sd = _limits(chart, g, base, opts)
+        except _Degenerate as e:
+            where = f" in part {p}" if len(np.unique(parts)) > 1 else ""
+            raise ValueError(f"{CHART_NAMES[chart]}{where}: {e}") from None
+        for c, v in zip(("yv", "cl", "lcl", "ucl", "sigma"), (yv, cl, lcl, ucl, sd)):
+            cols[c][m] = v
+    return pd.DataFrame(cols)
+
+
+def _shift_threshold(rules: str, chart: str, n_useful: int) -> int:
+    if rules == "anhoej":
+        return R.longest_run_max(max(n_useful, 1)) + 1
+    if rules == "ihi" and chart == "run":
+        return 6
+    return 8
+
+
+def _detect_breaks(chart, agg, include, opts, rules, min_points) -> list[int]:
+    k = len(agg)
+    breaks, start = [], 0
+    while k - start >= 2 * min_points:
+        seg = slice(start, k)
+        g = agg.iloc[seg].reset_index(drop=True)
+        inc = include[seg]
+        base = np.zeros(k - start, bool)
+        base[:min_points] = True
+        try:
+            yv, cl, *_ = _limits(chart, g, base & inc, opts)
+        except _Degenerate:
+            break
+        yv_use = np.where(inc, yv, np.nan)
+        n_useful = int((R._sides(yv_use, cl) != 0).sum())
+        thr = _shift_threshold(rules, chart, n_useful)
+        found, look_from = None, min_points
+        while True:
+            run = R.first_shift(yv_use, cl, thr, start_at=look_from)
+            if run is None:
+                break
+            r0, r1, side = run
+            if k - (start + r0) < min_points:
+                break
+            g2 = agg.iloc[start + r0 :].reset_index(drop=True)
+            try:
+                _, cl2, *_ = _limits(chart, g2, include[start + r0 :].copy(), opts)
+            except _Degenerate:
+                cl2 = None
+            if cl2 is not None and side * (cl2[0] - cl[r0]) > 0:
+                found = start + r0
+                break
+            look_from = r1 + 1
+        if found is None:
+            break
+        breaks.append(found)
+        start = found
+    return breaks
+
+
+def _apply_rules(chart, rules, d: pd.DataFrame, runs_rows: list[dict]) -> pd.DataFrame:
+    k = len(d)
+    flags = {c: np.zeros(k, bool) for c in ("long_run", "shift", "trend", "two_of_three",
+                                             "hugging", "runs_count", "runs_signal")}
+    d["sigma_signal"] = ((d["y"] > d["ucl"]) | (d["y"] < d["lcl"])).fillna(False).astype(bool)
+    parts = d["part"].to_numpy()
+    inc_all = d["include"].to_numpy(bool)
+    for row in runs_rows:
+        idx = np.flatnonzero(parts == row["part"])
+        inc = inc_all[idx]
+        # excluded points take no part in the runs rules (they become "not useful" gaps)
+        yv = np.where(inc, d["y"].to_numpy(float)[idx], np.nan)
+        cl = d["cl"].to_numpy(float)[idx]
+        sig = d["sigma"].to_numpy(float)[idx]
+        if row["n_useful"]:
+            flags["long_run"][idx] = R.shift_points(yv, cl, row["longest_run_max"] + 1)
+        if row["runs_signal"]:
+            flags["runs_signal"][idx] = True
+        if rules != "ihi":
+            continue
+        if chart == "run":
+            flags["shift"][idx] = R.shift_points(yv, cl, 6)
+            flags["trend"][idx] = R.trend_points(yv, 5)
+            if row["runs_count_signal"]:
+                flags["runs_count"][idx] = inc
+        else:
+            flags["shift"][idx] = R.shift_points(yv, cl, 8)
+            flags["trend"][idx] = R.trend_points(yv, 6)
+            flags["two_of_three"][idx] = R.two_of_three_beyond_2sigma(yv, cl, sig)
+            flags["hugging"][idx] = R.hugging_points(yv, cl, sig, 15)
+    for c, v in flags.items():
+        d[c] = v
+    if rules == "anhoej":
+        # a crossings signal has no single culprit point: the centre line is marked instead
+        d["signal"] = d["sigma_signal"] | (d["runs_signal"] & d["long_run"])
+    elif rules == "shewhart":
+        d["signal"] = d["sigma_signal"]
+    else:
+        d["signal"] = d[["sigma_signal", "shift", "trend", "two_of_three", "hugging",
+                         "runs_count"]].any(axis=1)
+    return d
+
+
+def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = None, *,
+                part=None, freeze=None, exclude=None, multiply: float = 1, rules: str = "anhoej",
+                detect_shifts: bool = False, shift_min_points: int = 12, **opts) -> ControlChart:
+    rules = R.check_rules(rules)
+    if chart in _NEEDS_N and n is None:
+        raise ValueError(f"{CHART_NAMES[chart]} needs a denominator column n")
+    if chart in _NO_N and n is not None:
+        raise ValueError(f"{CHART_NAMES[chart]} takes no denominator (got n={n!r})")
+    _check_frame(df, {"x": x, "y": y, "n": n})
+    if not (isinstance(multiply, (int, float)) and multiply > 0):
+        raise ValueError(f"multiply must be a positive number, got {multiply!r}")
+    if part is not None and freeze is not None:
+        raise ValueError("give either part or freeze, not both (qicharts2 ignores freeze when part is given)")
+    if detect_shifts and (part is not None or freeze is not None):
+        raise ValueError("detect_shifts finds the parts itself; do not combine it with part or freeze")
+    if int(shift_min_points) < 2:
+        raise ValueError("shift_min_points must be at least 2")
+    agg = _aggregate(df, chart, x, y, n)
+    k = len(agg)
+    if k < 2:
+        raise ValueError(
+            f"{CHART_NAMES[chart]} needs at least 2 subgroups (distinct {x!r} values); got {k}"
+        )
+    include = np.ones(k, bool)
+    include[_positions(agg["x"], exclude, "exclude")] = False
+    baseline = _baseline_from_freeze(agg, freeze)
+    parts = _parts_from_spec(df, x, agg, part)
+    breaks: list[int] = []
+    if detect_shifts:
+        breaks = _detect_breaks(chart, agg, include, opts, rules, int(shift_min_points))
+        for b in breaks:
+            parts[b:] += 1
+    lim = _compute_parts(chart, agg, parts, baseline, include, opts)
+    d = pd.DataFrame(
+        {
+            "x": agg["x"],
+            "y": lim["yv"] * multiply,
+            "n": agg["n"] if n is not None else agg["y_count"].astype(float),
+            "cl": lim["cl"] * multiply,
+            "lcl": lim["lcl"] * multiply,
+            "ucl": lim["ucl"] * multiply,
+            "sigma": lim["sigma"] * multiply,
+            "part": parts,
+            "baseline": baseline,
+            "include": include,
+        }
+    )
+    runs_rows = []
+    for p in np.unique(parts):
+        m = (parts == p) & include
+        ra = R.runs_analysis(d["y"].to_numpy()[m], d["cl"].to_numpy()[m])
+        row = {
+            "part": int(p),
+            "n_obs": ra.n_obs,
+            "n_useful": ra.n_useful,
+            "longest_run": ra.longest_run,
+            "longest_run_max": ra.longest_run_max,
+            "n_crossings": ra.n_crossings,
+            "n_crossings_min": ra.n_crossings_min,
+            "n_runs": ra.n_runs,
+            "runs_signal": ra.anhoej_signal and chart != "mr",  # qicharts2: no runs analysis on MR
+            "runs_min": None,
+            "runs_max": None,
+            "runs_count_signal": False,
+        }
+        if ra.n_above and ra.n_below:
+            lo, hi = R.runs_limits(ra.n_above, ra.n_below)
+            row.update(runs_min=lo, runs_max=hi, runs_count_signal=not (lo <= ra.n_runs <= hi))
+        runs_rows.append(row)
+    d = _apply_rules(chart, rules, d, runs_rows)
+    notes = []
+    if chart in _SUBGROUPED and (agg["y_count"] < 2).any():
+        notes.append(
+            f"{int((agg['y_count'] < 2).sum())} subgroup(s) have a single value: no limits there"
+        )
+    if (~include).any():
+        notes.append(f"{int((~include).sum())} point(s) excluded from limits and runs analysis")
+    return ControlChart(
+        chart=chart,
+        rules=rules,
+        data=d,
+        runs=pd.DataFrame(runs_rows),
+        multiply=float(multiply),
+        x_name=x,
+        y_name=y,
+        n_name=n,
+        freeze_x=(agg["x"].iloc[int(np.flatnonzero(baseline)[-1])] if freeze is not None else None),
+        detected_breaks=[agg["x"].iloc[b] for b in breaks],
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Public chart functions
+# --------------------------------------------------------------------------------------------
+
+_COMMON_DOC = """
+    Common keyword arguments: ``part``, ``freeze``, ``exclude``, ``multiply``, ``rules``
+    (``"anhoej"`` | ``"shewhart"`` | ``"ihi"``), ``detect_shifts``, ``shift_min_points``; see
+    :mod:`analysis.spc`. Returns a :class:`ControlChart`."""
+
+
+def run_chart(df: pd.DataFrame, x: str, y: str, n: str | None = None, **kwargs) -> ControlChart:
+    """Run chart: y (or y/n per subgroup) over x with the median as centre line."""
+    return _make_chart("run", df, x, y, n, **kwargs)
+
+
+def i_chart(df: pd.DataFrame, x: str, y: str, n: str | None = None, *, screen_mr: bool = True,
+            **kwargs) -> ControlChart:
+    """Individuals chart: sigma = average moving range / 1.128 (Montgomery 6.33).
+
+    ``screen_mr`` (default True, as qicharts2's ``qic.screenedmr`` option) drops moving ranges
+    above 3.267 x the average moving range before recomputing it (Nelson 1982). Pair with
+    :func:`mr_chart` for the moving ranges themselves."""
+    return _make_chart("i", df, x, y, n, screen_mr=screen_mr, **kwargs)
+
+
+def mr_chart(df: pd.DataFrame, x: str, y: str, n: str | None = None, **kwargs) -> ControlChart:
+    """Moving-range chart: |y_t - y_(t-1)|, CL = mean MR, UCL = 3.267 MR-bar, LCL = 0.
+
+    No runs analysis (consecutive moving ranges are correlated), as qicharts2."""
+    return _make_chart("mr", df, x, y, n, **kwargs)
+
+
+def xbar_chart(df: pd.DataFrame, x: str, y: str, **kwargs) -> ControlChart:
+    """Xbar chart from episode-level rows; a subgroup is all rows with the same x.
+
+    CL = size-weighted grand mean; limits CL +- A3(n_i) * s-bar with s-bar the mean subgroup SD
+    (equal sizes) or the pooled SD (unequal sizes), Montgomery eqs. 6.29-6.31, as qicharts2."""
+    return _make_chart("xbar", df, x, y, None, **kwargs)
+
+
+def s_chart(df: pd.DataFrame, x: str, y: str, **kwargs) -> ControlChart:
+    """S chart from episode-level rows: CL = s-bar (or pooled SD), limits B3/B4(n_i) * CL."""
+    return _make_chart("s", df, x, y, None, **kwargs)
+
+
+def p_chart(df: pd.DataFrame, x: str, y: str, n: str, **kwargs) -> ControlChart:
+    """P chart: CL = sum(y)/sum(n); limits CL +- 3 sqrt(CL(1-CL)/n_i), clipped to [0, 1]."""
+    return _make_chart("p", df, x, y, n, **kwargs)
+
+
+def pp_chart(df: pd.DataFrame, x: str, y: str, n: str, *, screen_mr: bool = True,
+             **kwargs) -> ControlChart:
+    """Laney p' chart: P chart sigma multiplied by sigma_z, the average moving range of the
+    z-scores (p_i - CL)/sigma_i divided by 1.128 (Laney 2002; qicharts2 qic.pp). ``screen_mr``
+    as in :func:`i_chart` (qicharts2 default True; Laney's paper does not screen)."""
+    return _make_chart("pp", df, x, y, n, screen_mr=screen_mr, **kwargs)
+
+
+def u_chart(df: pd.DataFrame, x: str, y: str, n: str, **kwargs) -> ControlChart:
+    """U chart: CL = sum(y)/sum(n); limits CL +- 3 sqrt(CL/n_i), LCL >= 0 (Montgomery 7.19).
+
+    Use ``multiply`` for e.g. events per 1,000 patient days."""
+    return _make_chart("u", df, x, y, n, **kwargs)
+
+
+def up_chart(df: pd.DataFrame, x: str, y: str, n: str, *, screen_mr: bool = True,
+             **kwargs) -> ControlChart:
+    """Laney u' chart (qicharts2 qic.up); see :func:`pp_chart`."""
+    return _make_chart("up", df, x, y, n, screen_mr=screen_mr, **kwargs)
+
+
+def c_chart(df: pd.DataFrame, x: str, y: str, **kwargs) -> ControlChart:
+    """C chart: counts per subgroup; CL = mean count, limits CL +- 3 sqrt(CL), LCL >= 0."""
+    return _make_chart("c", df, x, y, None, **kwargs)
+
+
+def g_chart(df: pd.DataFrame, x: str, y: str, *, centre: str = "median", **kwargs) -> ControlChart:
+    """G chart for opportunities between rare events (e.g. episodes between deaths).
+
+    Limits from the geometric distribution with mean m = mean(y): m +- 3 sqrt(m(m+1)), LCL >= 0
+    (Montgomery p. 319). The centre line is the median (qicharts2 default, so that the runs rules
+    stay valid for the skewed data) or the mean with ``centre="mean"``."""
+    if centre not in ("median", "mean"):
+        raise ValueError(f"centre must be 'median' or 'mean', got {centre!r}")
+    return _make_chart("g", df, x, y, None, centre=centre, **kwargs)
+
+
+_FUNCS = {
+    "run": run_chart, "i": i_chart, "mr": mr_chart, "xbar": xbar_chart, "s": s_chart,
+    "p": p_chart, "pp": pp_chart, "u": u_chart, "up": up_chart, "c": c_chart, "g": g_chart,
+}
+
+for _f in _FUNCS.values():
+    _f.__doc__ = (_f.__doc__ or "") + "\n" + _COMMON_DOC
+
+
+def control_chart(df: pd.DataFrame, chart: str, x: str, y: str, n: str | None = None,
+                  **kwargs) -> ControlChart:
+    """Dispatch to the chart function named by ``chart`` (``"p"``, ``"i"``, ``"run"`` ...)."""
+    if chart not in _FUNCS:
+        raise ValueError(f"chart must be one of {sorted(_FUNCS)}, got {chart!r}")
+    if n is not None:
+        kwargs["n"] = n
+    return _FUNCS[chart](df, x=x, y=y, **kwargs)
+
+
+def facet_charts(df: pd.DataFrame, chart: str, facet: str, *, x: str, y: str,
+                 n: str | None = None, labels: Mapping[Any, str] | None = None,
+                 **kwargs) -> FacetedCharts:
+    """One chart per value of ``facet`` (e.g. site), as small multiples.
+
+    ``labels`` maps facet values to the names shown (e.g. pseudonyms for the collaborative
+    report); when given, every facet value must have a label and labels must be unique, so a real
+    site name can never slip through. Facets whose chart cannot be computed are reported in
+    ``FacetedCharts.failed`` with the reason instead of aborting the whole call."""
+    if chart not in _FUNCS:
+        raise ValueError(f"chart must be one of {sorted(_FUNCS)}, got {chart!r}")
+    _check_frame(df, {"facet": facet, "x": x, "y": y, "n": n})
+    if df[facet].isna().any():
+        raise ValueError(f"facet column {facet!r} has missing values")
+    values = sorted(df[facet].unique(), key=lambda v: str(v))
+    if labels is not None:
+        missing = [v for v in values if v not in labels]
+        if missing:
+            raise ValueError(f"labels has no entry for {len(missing)} {facet} value(s), e.g. {missing[0]!r}")
+        shown = [labels[v] for v in values]
+        if len(set(shown)) != len(shown):
+            raise ValueError("labels must be unique per facet value")
+        order = sorted(values, key=lambda v: str(labels[v]))
+    else:
+        order = values
+    charts, failed = {}, {}
+    rules = R.check_rules(kwargs.get("rules", "anhoej"))
+    for v in order:
+        lab = str(labels[v]) if labels is not None else str(v)
+        sub = df.loc[df[facet] == v]
+        try:
+            charts[lab] = control_chart(sub, chart, x, y, n, **kwargs)
+        except ValueError as e:
+            failed[lab] = str(e)
+    return FacetedCharts(chart=chart, rules=rules, facet=facet, charts=charts, failed=failed)
+
+
+# --------------------------------------------------------------------------------------------
+# Plot helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _plot_x(x: pd.Series):
+    if isinstance(x.dtype, pd.PeriodDtype):
+        return x.dt.to_timestamp().reset_index(drop=True)
+    if pd.api.types.is_datetime64_any_dtype(x):
+        return x.reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(x):
+        return x.to_numpy(float)
+    return np.arange(len(x), dtype=float)
+
+
+def _mid(xs, i: int):
+    a, b = (xs[i - 1], xs[i]) if isinstance(xs, np.ndarray) else (xs.iloc[i - 1], xs.iloc[i])
+    return a + (b - a) / 2
+
+
+def _fmt_x(v) -> str:
+    if isinstance(v, pd.Timestamp):
+        return v.strftime("%Y-%m-%d") if (v.hour or v.minute) == 0 else str(v)
+    return str(v)
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+__all__ = [
+    "CHART_NAMES",
+    "ControlChart",
+    "FacetedCharts",
+    "a3",
+    "b3",
+    "b4",
+    "c4",
+    "c_chart",
+    "control_chart",
+    "facet_charts",
+    "g_chart",
+    "i_chart",
+    "mr_chart",
+    "p_chart",
+    "pp_chart",
+    "run_chart",
+    "s_chart",
+    "u_chart",
+    "up_chart",
+    "xbar_chart",
+]
