@@ -56,9 +56,10 @@ import copy
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -241,7 +242,9 @@ def _merge_effects(true_effects: dict | None) -> tuple[dict, dict]:
             raise ValueError(f"true_effects: unknown parameter {key!r}; known: {sorted(params)}")
         if isinstance(params[key], dict):
             if not isinstance(value, dict):
-                raise ValueError(f"true_effects[{key!r}] must be a dict, got {type(value).__name__}")
+                raise ValueError(  # noqa: TRY004 (bad input is a ValueError in this project)
+                    f"true_effects[{key!r}] must be a dict, got {type(value).__name__}"
+                )
             unknown = set(value) - set(params[key])
             if unknown:
                 raise ValueError(f"true_effects[{key!r}]: unknown keys {sorted(unknown)}")
@@ -887,7 +890,7 @@ def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_exp
             }
         )
     waves = {}
-    for w in sorted(set(int(x) for x in site["wave"])):
+    for w in sorted({int(x) for x in site["wave"]}):
         idx = [i for i in range(K) if site["wave"][i] == w]
         waves[str(w)] = {"go_live": str(site["go_live"][idx[0]]), "sites": [site["site_id"][i] for i in idx]}
 
@@ -899,11 +902,11 @@ def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_exp
         },
         "overrides": overrides,
         "counts": {
-            "episodes": int(len(episodes)),
+            "episodes": len(episodes),
             "expansion_episodes": int(exp_flag.sum()),
             "patients": int(episodes["patient_id"].nunique()),
             "sites": K,
-            "site_months": int(len(latent_sm)),
+            "site_months": len(latent_sm),
             "in_hospital_deaths": int(episodes["death_time"].notna().sum()),
             "sam30_deaths": int(L["died_sam30"].sum()),
         },
