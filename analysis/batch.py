@@ -1,0 +1,1203 @@
+"""Batch rendering of every hospital's report: parallel, incremental, fault-isolated, distributable.
+
+:func:`render_batch` is the engine behind ``ipso render``. One run folder holds::
+
+    <out>/index.html                  the analyst's index: every report, its status and timing
+    <out>/manifest.json               inputs hash, parameters, versions, git commit, per-report status
+    <out>/collaborative.html          the collaborative report
+    <out>/sites/<site_id>.html        one report per hospital (and .pdf with --formats html,pdf)
+    <out>/_shared/                    heavy fits computed once per run (analysis.reporting.compute_shared)
+    <out>/_work/<report_id>/          per-report working folder: executed notebook, figures, scratch
+
+How it is fast:
+
+* Workers (``jobs``, default: the machine's cores) each keep one Jupyter kernel warm
+  (:class:`analysis.kernelpool.WarmKernel`): start-up and the heavy imports are paid once per
+  worker, the namespace is wiped between reports.
+* Incremental: each report has a key, a hash of its inputs (the hospital's slice of every input
+  table, or the whole data for the collaborative report; the shared artefacts; the notebook; the
+  package code; library versions; parameters). A report whose key and outputs are unchanged is not
+  re-rendered, and when nothing needs rendering no kernel or worker is started at all.
+* With Quarto on PATH, the executed notebooks of a run are rendered by one Quarto project render.
+
+How it is safe:
+
+* Every report runs in its own working folder; a failing report (error, timeout, dead kernel or
+  dead worker) is recorded with its error and its executed notebook is kept, the others finish.
+* Publishing is atomic: a report is written to a temporary sibling and ``os.replace``-d into place,
+  and the manifest is rewritten (atomically) after every report, so a run killed at any moment
+  leaves either the previous complete report or none, and the next run repairs it.
+
+Executors: ``local`` (worker processes on this machine) or ``dask`` (a ``dask.distributed``
+cluster; ``scheduler`` address or a LocalCluster; paths must be visible to every worker).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import html
+import importlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+FORMATS = ("html", "pdf")
+EXECUTORS = ("local", "dask")
+COLLABORATIVE_ID = "collaborative"
+MANIFEST_FILE = "manifest.json"
+INDEX_FILE = "index.html"
+SHARED_DIRNAME = "_shared"
+WORK_DIRNAME = "_work"
+SHARED_STAMP = ".ipso-shared.json"
+TMP_MARK = ".tmp-"
+#: Test hook: "<raise|exit>-after-temp:<report_id>" fails that report after its temporary file is
+#: written and before it is published (simulates a crash mid-publish).
+FAULT_ENV = "IPSO_BATCH_FAULT"
+
+#: Libraries whose versions enter every report key and the manifest.
+VERSIONED_PACKAGES = (
+    "numpy", "pandas", "scipy", "statsmodels", "lifelines", "matplotlib", "seaborn",
+    "nbconvert", "nbclient", "nbformat", "papermill", "ipykernel", "pyarrow",
+)
+#: Parameters that name locations or the run, not content: kept out of report keys.
+_LOCATION_PARAMETERS = ("data_dir", "shared_dir", "run_key")
+_SITE_ID_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
+
+
+# =============================================================================================
+# Results
+@dataclass
+class ReportResult:
+    """What happened to one report in a run.
+
+    status: "ok" (rendered now), "up-to-date" (inputs unchanged, not re-rendered) or "failed".
+    seconds: wall time in the worker (execute + export), s; execute_seconds / export_seconds split it.
+    outputs: format -> path of the published file, relative to the run folder.
+    executed_notebook: the executed (or partly executed, on failure) notebook, relative path.
+    """
+
+    report_id: str
+    kind: str
+    site_id: str | None
+    status: str
+    key: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float | None = None
+    execute_seconds: float | None = None
+    export_seconds: float | None = None
+    error: str | None = None
+    executed_notebook: str | None = None
+    rendered_at: str | None = None
+    worker: str | None = None
+
+
+@dataclass
+class BatchResult:
+    """Outcome of one ``ipso render`` run (see manifest.json for the full record)."""
+
+    out_dir: Path
+    index_path: Path
+    manifest_path: Path
+    reports: list[ReportResult]
+    wall_seconds: float
+    run_key: str
+    shared_status: str
+    renderer: str
+    executor: str
+    jobs: int
+
+    @property
+    def failed(self) -> list[ReportResult]:
+        return [r for r in self.reports if r.status == "failed"]
+
+    @property
+    def rendered(self) -> list[ReportResult]:
+        return [r for r in self.reports if r.status == "ok"]
+
+    @property
+    def up_to_date(self) -> list[ReportResult]:
+        return [r for r in self.reports if r.status == "up-to-date"]
+
+    @property
+    def ok(self) -> bool:
+        """True when no selected report failed."""
+        return not self.failed
+
+    def summary(self):
+        """One row per report of this run: id, kind, status, seconds, error, outputs."""
+        import pandas as pd
+
+        rows = [
+            {
+                "report_id": r.report_id, "kind": r.kind, "site_id": r.site_id, "status": r.status,
+                "seconds": r.seconds, "error": r.error, "outputs": ", ".join(r.outputs.values()),
+            }
+            for r in self.reports
+        ]
+        return pd.DataFrame(rows, columns=["report_id", "kind", "site_id", "status", "seconds", "error", "outputs"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "index": str(self.index_path),
+            "manifest": str(self.manifest_path),
+            "run_key": self.run_key,
+            "renderer": self.renderer,
+            "executor": self.executor,
+            "jobs": self.jobs,
+            "shared": self.shared_status,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "counts": {
+                "selected": len(self.reports),
+                "rendered": len(self.rendered),
+                "up_to_date": len(self.up_to_date),
+                "failed": len(self.failed),
+            },
+            "failed": [{"report_id": r.report_id, "error": r.error,
+                        "executed_notebook": r.executed_notebook} for r in self.failed],
+            "reports": [asdict(r) for r in self.reports],
+        }
+
+
+# =============================================================================================
+# Fingerprints
+@dataclass(frozen=True)
+class DataFingerprint:
+    """Hashes of a data directory: whole (`total`) and per hospital (`per_site`)."""
+
+    total: str
+    per_site: dict[str, str]
+    site_ids: list[str]
+    files: list[str]
+
+
+def _sha(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _json_sha(obj: Any) -> str:
+    return _sha(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _table_path(data_dir: Path, name: str) -> Path | None:
+    for ext in (".parquet", ".csv"):
+        p = data_dir / f"{name}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def data_fingerprint(data_dir: str | os.PathLike) -> DataFingerprint:
+    """Hash every input table as a whole and per hospital (rows of that site_id).
+
+    Reads ``episodes``, ``sites`` and ``site_months`` as ``.parquet`` or ``.csv`` (extract or store
+    layout). The hospital list comes from ``sites`` (else from ``episodes``). Row order within a
+    hospital counts; the hash of a hospital does not change when another hospital's rows change.
+    """
+    import numpy as np
+    import pandas as pd
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"data directory {data_dir} does not exist")
+    per_site_parts: dict[str, list[str]] = {}
+    total_parts: list[str] = []
+    files: list[str] = []
+    site_ids: list[str] | None = None
+    found = False
+    for name in ("sites", "episodes", "site_months"):
+        path = _table_path(data_dir, name)
+        if path is None:
+            continue
+        found = True
+        files.append(path.name)
+        total_parts.append(name + ":" + _file_sha(path))
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "site_id" not in df.columns:
+            raise ValueError(f"{path}: no site_id column")
+        sid = df["site_id"].astype(str)
+        if name == "sites" or (name == "episodes" and site_ids is None):
+            site_ids = list(dict.fromkeys(sid.tolist()))
+        if len(df) == 0:
+            continue
+        row_hash = pd.util.hash_pandas_object(df, index=False).to_numpy(dtype=np.uint64)
+        cols = ",".join(map(str, df.columns))
+        for site, idx in sid.groupby(sid, sort=False).indices.items():
+            per_site_parts.setdefault(site, []).append(
+                f"{name}|{cols}|{_sha(row_hash[np.sort(idx)].tobytes())}"
+            )
+    if not found:
+        raise ValueError(
+            f"{data_dir}: no input tables (expected episodes.parquet|csv, sites.csv, site_months.csv)"
+        )
+    site_ids = site_ids or []
+    per_site = {s: _sha(*per_site_parts.get(s, [])) for s in site_ids}
+    return DataFingerprint(total=_sha(*total_parts), per_site=per_site, site_ids=site_ids, files=files)
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_fingerprint() -> str:
+    """Hash of the analysis package source (every .py under analysis/)."""
+    parts = []
+    for p in sorted(PACKAGE_DIR.rglob("*.py")):
+        if "__pycache__" in p.parts:
+            continue
+        parts.append(str(p.relative_to(PACKAGE_DIR)) + ":" + _file_sha(p))
+    return _sha(*parts)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, this package and the libraries that shape a report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0], "ipso-analysis": __version__}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def git_state(path: Path = PACKAGE_DIR) -> dict[str, Any]:
+    """Commit and dirty flag of the git checkout holding `path` (None outside a checkout)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+# =============================================================================================
+# Renderer helpers (analysis.render's building blocks when present, private equivalents otherwise)
+def _render_module():
+    try:
+        return importlib.import_module("analysis.render")
+    except ImportError:
+        return None
+
+
+def find_quarto() -> str | None:
+    """Path of the quarto CLI, or None."""
+    mod = _render_module()
+    if mod is not None and hasattr(mod, "find_quarto"):
+        return mod.find_quarto()
+    return shutil.which("quarto")
+
+
+def _notebook_parameter_names(path: Path) -> set[str] | None:
+    """Names declared in the notebook's "parameters" cell (None when it has none)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            names = set()
+            for line in cell.source.splitlines():
+                head = line.split("#", 1)[0]
+                if "=" in head and not head.startswith((" ", "\t")):
+                    name = head.split("=", 1)[0].split(":", 1)[0].strip()
+                    if name.isidentifier():
+                        names.add(name)
+            return names
+    return None
+
+
+def parameterize(notebook_path: Path, parameters: Mapping[str, Any]):
+    """Read the notebook and inject `parameters` (analysis.render.parameterize when present)."""
+    mod = _render_module()
+    if mod is not None and hasattr(mod, "parameterize"):
+        return mod.parameterize(notebook_path, dict(parameters))
+    import nbformat
+
+    from .kernelpool import parameterize as _param
+
+    return _param(nbformat.read(notebook_path, as_version=4), parameters)
+
+
+def export_html(nb, out_path: Path, *, renderer_label: str = "nbconvert") -> None:
+    """Code-hidden, self-contained HTML of an executed notebook (analysis.render's when present)."""
+    mod = _render_module()
+    if mod is not None and hasattr(mod, "export_html"):
+        mod.export_html(nb, out_path, renderer_label=renderer_label)
+        return
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True
+    )
+    body, _ = exporter.from_notebook_node(nb)
+    Path(out_path).write_text(body, encoding="utf-8")
+
+
+def export_pdf(nb, out_path: Path) -> None:
+    """Code-hidden PDF through nbconvert's LaTeX route (needs xelatex)."""
+    from nbconvert import PDFExporter
+
+    exporter = PDFExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    data, _ = exporter.from_notebook_node(nb)
+    Path(out_path).write_bytes(data)
+
+
+# =============================================================================================
+# Atomic files
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary sibling and os.replace it onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def _remove_stale_temps(out_dir: Path) -> int:
+    """Delete temporary files a killed run left behind (never a finished report)."""
+    n = 0
+    for sub in (out_dir, out_dir / "sites"):
+        if sub.is_dir():
+            for p in sub.iterdir():
+                if p.name.startswith(".") and TMP_MARK in p.name:
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+                    n += 1
+    return n
+
+
+def _fault(report_id: str, stage: str) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec or ":" not in spec:
+        return
+    mode, target = spec.split(":", 1)
+    if target != report_id or not mode.endswith(stage):
+        return
+    if mode.startswith("exit"):
+        os._exit(75)  # the worker dies abruptly, like a kill
+    raise RuntimeError(f"injected fault ({mode}) for {report_id}")
+
+
+# =============================================================================================
+# Worker side: one report on one warm kernel
+_KERNELS: dict[int, Any] = {}
+_KERNELS_LOCK = threading.Lock()
+
+
+def _thread_kernel(kernel_options: Mapping[str, Any]):
+    """The calling thread's warm kernel (dask workers: one per worker thread)."""
+    from .kernelpool import WarmKernel
+
+    ident = threading.get_ident()
+    with _KERNELS_LOCK:
+        k = _KERNELS.get(ident)
+        if k is None:
+            k = WarmKernel(**kernel_options)
+            _KERNELS[ident] = k
+    return k
+
+
+def shutdown_kernels() -> int:
+    """Stop every warm kernel this process holds (run on dask workers at the end)."""
+    with _KERNELS_LOCK:
+        kernels = list(_KERNELS.values())
+        _KERNELS.clear()
+    for k in kernels:
+        k.shutdown()
+    return len(kernels)
+
+
+def render_task(task: Mapping[str, Any], kernel=None) -> dict[str, Any]:
+    """Execute one report notebook on a warm kernel and publish its outputs atomically.
+
+    `task` is a plain dict (it crosses process and cluster boundaries); the result is one too.
+    Never raises for a report failure: the result carries status "failed" and the error.
+    """
+    import nbformat
+
+    from .kernelpool import ReportExecutionError
+
+    t0 = time.perf_counter()
+    rid = task["report_id"]
+    work = Path(task["work_dir"])
+    out_dir = Path(task["out_dir"])
+    executed = work / f"{rid}.ipynb"
+    result: dict[str, Any] = {
+        "report_id": rid, "status": "failed", "outputs": {}, "error": None,
+        "executed_notebook": str(executed.relative_to(out_dir)),
+        "worker": f"{os.uname().nodename}:{os.getpid()}",
+        "execute_seconds": None, "export_seconds": None,
+    }
+    temps: list[Path] = []
+    try:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        if kernel is None:
+            kernel = _thread_kernel(task.get("kernel_options", {}))
+        nb = parameterize(Path(task["notebook"]), task["parameters"])
+        nb.metadata["ipso"] = {"report_id": rid, "key": task["key"]}
+        try:
+            nb = kernel.execute(nb, work)
+        except ReportExecutionError as exc:
+            if exc.notebook is not None:
+                nbformat.write(exc.notebook, executed)
+            result["error"] = str(exc)
+            return result
+        finally:
+            result["execute_seconds"] = round(time.perf_counter() - t0, 3)
+        nbformat.write(nb, executed)
+        t1 = time.perf_counter()
+        if task["renderer"] != "quarto":
+            for fmt, rel in task["outputs"].items():
+                final = out_dir / rel
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp = _temp_sibling(final)
+                temps.append(tmp)
+                if fmt == "html":
+                    export_html(nb, tmp, renderer_label=task["renderer"])
+                else:
+                    export_pdf(nb, tmp)
+                _fault(rid, "after-temp")
+                os.replace(tmp, final)
+                result["outputs"][fmt] = rel
+        result["export_seconds"] = round(time.perf_counter() - t1, 3)
+        result["status"] = "executed" if task["renderer"] == "quarto" else "ok"
+        return result
+    except Exception as exc:  # a report's failure must never escape into the batch
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        return result
+    finally:
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+
+
+def _local_worker_main() -> None:
+    """Entry point of a local worker process (started by run_local with ``python -c``).
+
+    Reads pickled tasks from the pipe on fd IPSO_WORKER_IN, answers on fd IPSO_WORKER_OUT,
+    until it receives None or the parent goes away.
+    """
+    from multiprocessing.connection import Connection
+
+    from .kernelpool import WarmKernel
+
+    rx = Connection(int(os.environ["IPSO_WORKER_IN"]), writable=False)
+    tx = Connection(int(os.environ["IPSO_WORKER_OUT"]), readable=False)
+    kernel = WarmKernel(**json.loads(os.environ.get("IPSO_WORKER_KERNEL", "{}")))
+    try:
+        while True:
+            try:
+                task = rx.recv()
+            except EOFError:
+                break
+            if task is None:
+                break
+            tx.send(render_task(task, kernel=kernel))
+    finally:
+        kernel.shutdown()
+
+
+class _LocalWorker:
+    """A worker process with one warm kernel, talked to over two pipes.
+
+    Started as a fresh interpreter (not multiprocessing's spawn), so the caller's __main__ is never
+    re-imported: render_batch works from scripts without a main guard, notebooks and the CLI.
+    """
+
+    def __init__(self, kernel_options: Mapping[str, Any], log_path: Path | None):
+        from multiprocessing.connection import Connection
+
+        p2c_r, p2c_w = os.pipe()
+        c2p_r, c2p_w = os.pipe()
+        env = dict(os.environ)
+        env.update(IPSO_WORKER_IN=str(p2c_r), IPSO_WORKER_OUT=str(c2p_w),
+                   IPSO_WORKER_KERNEL=json.dumps(dict(kernel_options)))
+        self.log = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from analysis.batch import _local_worker_main; _local_worker_main()"],
+            pass_fds=(p2c_r, c2p_w), env=env, stdin=subprocess.DEVNULL,
+            stdout=self.log or subprocess.DEVNULL, stderr=self.log or None,
+        )
+        os.close(p2c_r)
+        os.close(c2p_w)
+        self.tx = Connection(p2c_w, readable=False)
+        self.rx = Connection(c2p_r, writable=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def render(self, task: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The worker's result for `task`, or None when the worker died on it."""
+        try:
+            self.tx.send(dict(task))
+            while True:
+                if self.rx.poll(0.25):
+                    return self.rx.recv()
+                if not self.alive:
+                    return self.rx.recv() if self.rx.poll(0) else None
+        except (EOFError, OSError):
+            return None
+
+    def close(self, timeout: float = 30) -> None:
+        try:
+            self.tx.send(None)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        for c in (self.tx, self.rx):
+            c.close()
+        if self.log is not None:
+            self.log.close()
+
+
+# =============================================================================================
+# Executors
+def _failed(task: Mapping[str, Any], error: str) -> dict[str, Any]:
+    out_dir = Path(task["out_dir"])
+    for rel in task["outputs"].values():
+        _temp_sibling_glob_cleanup(out_dir / rel)
+    return {
+        "report_id": task["report_id"], "status": "failed", "outputs": {}, "error": error,
+        "executed_notebook": None, "seconds": None, "execute_seconds": None,
+        "export_seconds": None, "worker": None,
+    }
+
+
+def _temp_sibling_glob_cleanup(final: Path) -> None:
+    if final.parent.is_dir():
+        for p in final.parent.glob(f".{final.name}{TMP_MARK}*"):
+            p.unlink(missing_ok=True)
+
+
+def run_local(
+    tasks: Sequence[Mapping[str, Any]],
+    jobs: int,
+    on_result: Callable[[dict[str, Any]], None],
+    kernel_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Render `tasks` on `jobs` local worker processes, each with one warm kernel.
+
+    A worker that dies (killed, out of memory) fails only its current report; a fresh worker
+    takes over the remaining queue.
+    """
+    todo: queue.Queue = queue.Queue()
+    for t in tasks:
+        todo.put(t)
+    done: queue.Queue = queue.Queue()
+    kernel_options = dict(kernel_options or {})
+    log_dir = kernel_options.pop("log_dir", None)
+
+    def slot(i: int) -> None:
+        worker: _LocalWorker | None = None
+        try:
+            while True:
+                try:
+                    task = todo.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    if worker is None or not worker.alive:
+                        opts = dict(kernel_options)
+                        log = None
+                        if log_dir:
+                            opts["log_path"] = str(Path(log_dir) / f"kernel-{i}.log")
+                            log = Path(log_dir) / f"worker-{i}.log"
+                        worker = _LocalWorker(opts, log)
+                    res = worker.render(task)
+                    if res is None:
+                        code = worker.proc.wait(timeout=10)
+                        res = _failed(task, f"worker process died (exit code {code})")
+                        worker.close(timeout=1)
+                        worker = None
+                except Exception as exc:  # a broken worker fails only this report
+                    res = _failed(task, f"worker error: {type(exc).__name__}: {exc}")
+                    if worker is not None:
+                        worker.proc.kill()
+                        worker.close(timeout=5)
+                        worker = None
+                done.put(res)
+        finally:
+            if worker is not None:
+                worker.close()
+
+    n = max(1, min(jobs, len(tasks)))
+    threads = [threading.Thread(target=slot, args=(i,), daemon=True, name=f"ipso-render-{i}")
+               for i in range(n)]
+    for th in threads:
+        th.start()
+    received = 0
+    by_id = {t["report_id"]: t for t in tasks}
+    seen: set[str] = set()
+    while received < len(tasks):
+        try:
+            res = done.get(timeout=1.0)
+        except queue.Empty:
+            if not any(th.is_alive() for th in threads):
+                break
+            continue
+        received += 1
+        seen.add(res["report_id"])
+        on_result(res)
+    for rid in set(by_id) - seen:
+        on_result(_failed(by_id[rid], "never run (worker slots ended early)"))
+    for th in threads:
+        th.join(timeout=60)
+
+
+def run_dask(
+    tasks: Sequence[Mapping[str, Any]],
+    jobs: int,
+    on_result: Callable[[dict[str, Any]], None],
+    kernel_options: Mapping[str, Any] | None = None,
+    scheduler: str | None = None,
+    processes: bool = True,
+) -> None:
+    """Render `tasks` on a dask.distributed cluster (`scheduler` address, else a LocalCluster
+    of `jobs` single-threaded workers). Each worker thread keeps one warm kernel."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(
+            n_workers=max(1, min(jobs, len(tasks))), threads_per_worker=1, processes=processes,
+            dashboard_address=None,
+        )
+        client = Client(cluster)
+    kernel_options = dict(kernel_options or {})
+    kernel_options.pop("log_dir", None)
+    try:
+        futures = []
+        for t in tasks:
+            t = dict(t)
+            t["kernel_options"] = kernel_options
+            futures.append(client.submit(render_task, t, pure=False, key=f"ipso-render-{t['report_id']}-{time.time_ns()}"))
+        by_key = {f.key: task for f, task in zip(futures, tasks)}
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as exc:  # worker lost, KilledWorker, serialisation problems
+                res = _failed(by_key[fut.key], f"dask task failed: {type(exc).__name__}: {exc}")
+            on_result(res)
+    finally:
+        try:
+            client.run(shutdown_kernels)
+        except Exception:
+            pass
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# =============================================================================================
+# Quarto (one project render over the run's executed notebooks)
+def quarto_render_run(
+    out_dir: Path, executed: Mapping[str, tuple[Path, dict[str, str]]], formats: Sequence[str]
+) -> dict[str, str | None]:
+    """Render executed notebooks {report_id: (ipynb, {fmt: relative output})} with ONE Quarto
+    call and publish each output atomically. Returns {report_id: error or None}."""
+    quarto = find_quarto()
+    if quarto is None:
+        return {rid: "quarto not found on PATH" for rid in executed}
+    project = out_dir / WORK_DIRNAME / "_quarto"
+    if project.exists():
+        shutil.rmtree(project)
+    project.mkdir(parents=True)
+    for rid, (nb_path, _) in executed.items():
+        shutil.copy2(nb_path, project / f"{rid}.ipynb")
+    mod = _render_module()
+    errors: dict[str, str | None] = {}
+    try:
+        if mod is not None and hasattr(mod, "quarto_render"):
+            mod.quarto_render(project, list(formats))
+            out_root = project / "_site" if (project / "_site").is_dir() else project
+        else:
+            fmt_yaml = "\n".join(
+                f"  {f}:\n    embed-resources: true\n" if f == "html" else f"  {f}: default\n"
+                for f in formats
+            )
+            (project / "_quarto.yml").write_text(
+                "project:\n  type: default\nexecute:\n  enabled: false\n  echo: false\n"
+                f"format:\n{fmt_yaml}"
+            )
+            proc = subprocess.run([quarto, "render", str(project)], capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"quarto render failed: {proc.stderr.strip()[-2000:]}")
+            out_root = project
+    except Exception as exc:
+        return {rid: f"{type(exc).__name__}: {exc}" for rid in executed}
+    for rid, (_, outputs) in executed.items():
+        try:
+            for fmt, rel in outputs.items():
+                src = out_root / f"{rid}.{fmt}"
+                if not src.is_file():
+                    raise FileNotFoundError(f"quarto produced no {src.name}")
+                final = out_dir / rel
+                tmp = _temp_sibling(final)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, final)
+            errors[rid] = None
+        except Exception as exc:
+            errors[rid] = f"{type(exc).__name__}: {exc}"
+    return errors
+
+
+# =============================================================================================
+# Planning
+@dataclass
+class _Plan:
+    task: dict[str, Any]
+    report_id: str
+    kind: str
+    site_id: str | None
+    key: str
+    outputs: dict[str, str]
+
+
+def _parse_sites(sites: str | Iterable[str] | None, available: Sequence[str]) -> list[str]:
+    if sites is None or (isinstance(sites, str) and sites.strip().lower() in ("all", "")):
+        return list(available)
+    wanted = [s.strip() for s in (sites.split(",") if isinstance(sites, str) else sites)]
+    wanted = [s for s in wanted if s]
+    unknown = [s for s in wanted if s not in set(available)]
+    if unknown:
+        raise ValueError(f"unknown site id(s) {', '.join(unknown)}; the data has {len(available)} sites")
+    return list(dict.fromkeys(wanted))
+
+
+def _parse_formats(formats: str | Sequence[str]) -> list[str]:
+    fmts = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    fmts = [f for f in fmts if f]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise ValueError(f"formats must be among {', '.join(FORMATS)}; got {formats!r}")
+    return list(dict.fromkeys(fmts))
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _ensure_shared(
+    data_dir: Path, shared_dir: Path, run_key: str, needed: bool
+) -> tuple[str, str, str | None, float]:
+    """Compute the run's shared artefacts once (analysis.reporting.compute_shared, if defined).
+
+    Returns (status, digest, error, seconds); status is "absent" (no hook), "reused" (stamp matches
+    run_key), "computed" or "failed"; digest hashes the artefacts (enters every report key).
+    """
+    stamp_path = shared_dir / SHARED_STAMP
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    if stamp.get("run_key") == run_key:
+        return "reused", stamp.get("digest", ""), None, 0.0
+    if not needed:
+        return "stale", stamp.get("digest", ""), None, 0.0
+    t0 = time.perf_counter()
+    try:
+        reporting = importlib.import_module("analysis.reporting")
+    except ImportError:
+        reporting = None
+    hook = getattr(reporting, "compute_shared", None)
+    if hook is None:
+        return "absent", "", None, 0.0
+    shared_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        hook(data_dir, shared_dir, run_key)
+    except Exception as exc:
+        return "failed", "", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
+    parts = []
+    for p in sorted(shared_dir.rglob("*")):
+        if p.is_file() and p.name != SHARED_STAMP:
+            parts.append(str(p.relative_to(shared_dir)) + ":" + _file_sha(p))
+    digest = _sha(*parts)
+    atomic_write_text(stamp_path, json.dumps({"run_key": run_key, "digest": digest, "at": _now()}))
+    return "computed", digest, None, time.perf_counter() - t0
+
+
+# =============================================================================================
+# The engine
+def render_batch(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    sites: str | Iterable[str] | None = "all",
+    collaborative: bool = True,
+    jobs: int | None = None,
+    formats: str | Sequence[str] = ("html",),
+    executor: str = "local",
+    scheduler: str | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    renderer: str = "auto",
+    site_notebook: str | os.PathLike | None = None,
+    collaborative_notebook: str | os.PathLike | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    timeout: int = 600,
+    show_progress: bool = True,
+    dask_processes: bool = True,
+) -> BatchResult:
+    """Render every selected report of a collaborative into `out_dir` (see module docstring).
+
+    data_dir: extract or store directory (episodes, sites, site_months as .parquet or .csv).
+    sites: "all", "ID,ID" or a list of site ids. collaborative: also the collaborative report.
+    jobs: parallel workers (default: the machine's cores). formats: "html" and/or "pdf".
+    executor: "local" or "dask" (scheduler address, or a LocalCluster when None).
+    force: re-render even when up to date. retry_failed: render only reports that failed last run.
+    renderer: "auto" (Quarto when on PATH, else nbconvert), "quarto" or "nbconvert".
+    parameters: extra notebook parameters (e.g. as_of, min_cell); they enter every report key.
+    timeout: seconds one notebook cell may run.
+    """
+    t_start = time.perf_counter()
+    data_dir = Path(data_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    fmts = _parse_formats(formats)
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1; got {jobs}")
+    if retry_failed and force:
+        raise ValueError("--force and --retry-failed exclude each other")
+    if renderer not in ("auto", "quarto", "nbconvert"):
+        raise ValueError(f"renderer must be auto, quarto or nbconvert; got {renderer!r}")
+    quarto = find_quarto()
+    if renderer == "auto":
+        renderer = "quarto" if quarto else "nbconvert"
+    elif renderer == "quarto" and quarto is None:
+        raise ValueError("renderer 'quarto' requested but quarto is not on PATH")
+    if "pdf" in fmts and renderer == "nbconvert" and shutil.which("xelatex") is None:
+        raise ValueError("PDF needs Quarto or xelatex on PATH; neither was found (use --formats html)")
+    site_nb = Path(site_notebook or DEFAULT_NOTEBOOK_DIR / "site_report.ipynb").resolve()
+    coll_nb = Path(collaborative_notebook or DEFAULT_NOTEBOOK_DIR / "collaborative_report.ipynb").resolve()
+    extra = dict(parameters or {})
+
+    # -- fingerprints ---------------------------------------------------------------------
+    fp = data_fingerprint(data_dir)
+    chosen = _parse_sites(sites, fp.site_ids)
+    bad_ids = [s for s in chosen if not set(s) <= _SITE_ID_OK]
+    if bad_ids:
+        raise ValueError(f"site ids must be letters, digits, '_', '.', '-' to name files: {bad_ids}")
+    needed_nbs = ([site_nb] if chosen else []) + ([coll_nb] if collaborative else [])
+    for nb in needed_nbs:
+        if not nb.is_file():
+            raise ValueError(f"report notebook {nb} does not exist")
+    code_hash = code_fingerprint()
+    versions = library_versions()
+    run_key = _sha(fp.total, code_hash, _json_sha(versions), _json_sha(extra))[:16]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out_dir)
+    manifest_path = out_dir / MANIFEST_FILE
+    index_path = out_dir / INDEX_FILE
+    previous = _load_manifest(manifest_path)
+    prev_reports: dict[str, Any] = dict(previous.get("reports", {}))
+    shared_dir = out_dir / SHARED_DIRNAME
+
+    # Shared artefacts are (re)computed only when the run's inputs changed.
+    shared_needed = force or previous.get("run_key") != run_key or retry_failed or any(
+        prev_reports.get(r, {}).get("status") != "ok"
+        for r in ([f"site-{s}" for s in chosen] + ([COLLABORATIVE_ID] if collaborative else []))
+    )
+    shared_status, shared_digest, shared_error, shared_seconds = _ensure_shared(
+        data_dir, shared_dir, run_key, shared_needed
+    )
+
+    common = {
+        "data_dir": str(data_dir), "run_key": run_key,
+        "shared_dir": str(shared_dir), "renderer": renderer, "formats": ",".join(fmts),
+    }
+    common.update(extra)
+    nb_hash = {p: _file_sha(p) for p in needed_nbs}
+    declared = {p: _notebook_parameter_names(p) for p in needed_nbs}
+
+    plans: list[_Plan] = []
+
+    def plan(report_id: str, kind: str, site_id: str | None, nb: Path, data_hash: str, stem: str) -> None:
+        params = dict(common, site_id=site_id)
+        if declared[nb] is not None:
+            params = {k: v for k, v in params.items() if k in declared[nb]}
+        keyed = {k: v for k, v in params.items() if k not in _LOCATION_PARAMETERS}
+        key = _sha(kind, str(site_id), data_hash, shared_digest, nb_hash[nb], code_hash,
+                   _json_sha(versions), _json_sha(keyed), renderer, ",".join(fmts))[:24]
+        outputs = {f: f"{stem}.{f}" for f in fmts}
+        task = {
+            "report_id": report_id, "notebook": str(nb), "parameters": params, "key": key,
+            "work_dir": str(out_dir / WORK_DIRNAME / report_id), "out_dir": str(out_dir),
+            "outputs": outputs, "renderer": renderer,
+        }
+        plans.append(_Plan(task, report_id, kind, site_id, key, outputs))
+
+    if collaborative:
+        plan(COLLABORATIVE_ID, "collaborative", None, coll_nb, fp.total, COLLABORATIVE_ID)
+    for s in chosen:
+        plan(f"site-{s}", "site", s, site_nb, fp.per_site.get(s, ""), f"sites/{s}")
+
+    def is_current(p: _Plan) -> bool:
+        prev = prev_reports.get(p.report_id)
+        return bool(
+            prev and prev.get("status") == "ok" and prev.get("key") == p.key
+            and all((out_dir / rel).is_file() for rel in p.outputs.values())
+        )
+
+    if force:
+        todo = list(plans)
+    elif retry_failed:
+        todo = [p for p in plans if prev_reports.get(p.report_id, {}).get("status") == "failed"]
+    else:
+        todo = [p for p in plans if not is_current(p)]
+    todo_ids = {p.report_id for p in todo}
+
+    results: dict[str, ReportResult] = {}
+    for p in plans:
+        if p.report_id not in todo_ids:
+            prev = prev_reports.get(p.report_id, {})
+            if is_current(p):
+                status = "up-to-date"
+            elif prev.get("status") == "failed":
+                status = "failed"
+            else:
+                status = "skipped"  # stale or never rendered, left alone by --retry-failed
+            results[p.report_id] = ReportResult(
+                p.report_id, p.kind, p.site_id, status, prev.get("key", p.key),
+                outputs=prev.get("outputs", {}), seconds=prev.get("seconds"),
+                error=prev.get("error"), executed_notebook=prev.get("executed_notebook"),
+                rendered_at=prev.get("rendered_at"), worker=prev.get("worker"),
+            )
+
+    manifest: dict[str, Any] = {
+        "tool": "ipso render",
+        "version": __version__,
+        "run_key": run_key,
+        "started": _now(),
+        "finished": None,
+        "git": git_state(),
+        "inputs": {
+            "data_dir": str(data_dir), "data_files": fp.files, "data_hash": fp.total,
+            "code_hash": code_hash, "shared_digest": shared_digest,
+            "notebooks": {str(p): h for p, h in nb_hash.items()},
+        },
+        "parameters": common,
+        "versions": versions,
+        "settings": {
+            "jobs": jobs, "executor": executor, "scheduler": scheduler, "renderer": renderer,
+            "formats": fmts, "force": force, "retry_failed": retry_failed, "timeout": timeout,
+        },
+        "shared": {"status": shared_status, "dir": SHARED_DIRNAME, "seconds": round(shared_seconds, 3),
+                   "error": shared_error},
+        "reports": prev_reports,
+    }
+    lock = threading.Lock()
+    plan_by_id = {p.report_id: p for p in plans}
+
+    def record(res: dict[str, Any]) -> None:
+        p = plan_by_id[res["report_id"]]
+        rr = ReportResult(
+            p.report_id, p.kind, p.site_id, res["status"], p.key,
+            outputs=res.get("outputs") or {}, seconds=res.get("seconds"),
+            execute_seconds=res.get("execute_seconds"), export_seconds=res.get("export_seconds"),
+            error=res.get("error"), executed_notebook=res.get("executed_notebook"),
+            rendered_at=_now(), worker=res.get("worker"),
+        )
+        with lock:
+            results[p.report_id] = rr
+            entry = asdict(rr)
+            entry.pop("report_id")
+            prev_reports[p.report_id] = entry
+            if rr.status in ("ok", "failed"):
+                atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+
+    # -- render ---------------------------------------------------------------------------
+    if todo:
+        from .console import progress
+
+        kernel_options = {"timeout": timeout, "log_dir": str(out_dir / WORK_DIRNAME / "_logs")}
+        tasks = [p.task for p in todo]
+        with progress(enabled=show_progress) as bar:
+            task_id = bar.add_task(f"rendering {len(tasks)} report(s) on {min(jobs, len(tasks))} worker(s)",
+                                   total=len(tasks))
+
+            def on_result(res: dict[str, Any]) -> None:
+                record(res)
+                bar.advance(task_id)
+
+            if executor == "local":
+                run_local(tasks, jobs, on_result, kernel_options)
+            else:
+                run_dask(tasks, jobs, on_result, kernel_options, scheduler, processes=dask_processes)
+
+            executed = {rid: r for rid, r in results.items() if r.status == "executed"}
+            if executed:
+                bar.update(task_id, description="quarto: rendering the run's notebooks together")
+                errors = quarto_render_run(
+                    out_dir,
+                    {rid: (out_dir / r.executed_notebook, plan_by_id[rid].outputs)
+                     for rid, r in executed.items()},
+                    fmts,
+                )
+                for rid, err in errors.items():
+                    r = executed[rid]
+                    record({**asdict(r), "status": "failed" if err else "ok", "error": err,
+                            "outputs": {} if err else plan_by_id[rid].outputs})
+
+    manifest["finished"] = _now()
+    ordered = [results[p.report_id] for p in plans]
+    wall = time.perf_counter() - t_start
+    manifest["timings"] = {
+        "wall_seconds": round(wall, 3),
+        "rendered": sum(r.status == "ok" for r in ordered),
+        "report_seconds_total": round(sum(r.seconds or 0 for r in ordered if r.status == "ok"), 3),
+    }
+    manifest["summary"] = {
+        "selected": len(ordered),
+        "rendered": sum(r.status == "ok" for r in ordered),
+        "up_to_date": sum(r.status == "up-to-date" for r in ordered),
+        "failed": sum(r.status == "failed" for r in ordered),
+    }
+    with lock:
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+        atomic_write_text(index_path, build_index(manifest, {r.report_id: r.status for r in ordered}))
+    return BatchResult(
+        out_dir=out_dir, index_path=index_path, manifest_path=manifest_path, reports=ordered,
+        wall_seconds=wall, run_key=run_key, shared_status=shared_status, renderer=renderer,
+        executor=executor, jobs=jobs,
+    )
+
+
+# =============================================================================================
+# Index
+_STATUS_STYLE = {"ok": "#2e7d32", "up-to-date": "#2e7d32", "failed": "#c62828"}
+
+
+def build_index(manifest: Mapping[str, Any], this_run: Mapping[str, str] | None = None) -> str:
+    """The analyst's index.html: every report in the manifest with links, status and timing.
+
+    Contains only report ids, hospital ids, statuses, timings and error messages: no patient-level
+    data.
+    """
+    this_run = dict(this_run or {})
+    reports = manifest.get("reports", {})
+    esc = html.escape
+
+    def sort_key(item):
+        rid, entry = item
+        return (entry.get("kind") != "collaborative", rid)
+
+    rows = []
+    for rid, e in sorted(reports.items(), key=sort_key):
+        status = this_run.get(rid) or e.get("status", "?")
+        if rid not in this_run:
+            status = f"{e.get('status', '?')} (not selected this run)"
+        links = " ".join(
+            f'<a href="{esc(rel)}">{esc(fmt)}</a>' for fmt, rel in sorted((e.get("outputs") or {}).items())
+        )
+        if e.get("status") == "failed" and e.get("executed_notebook"):
+            links += f' <a href="{esc(e["executed_notebook"])}">executed notebook</a>'
+        colour = _STATUS_STYLE.get(status, "#555")
+        secs = e.get("seconds")
+        rows.append(
+            "<tr>"
+            f"<td>{esc(rid)}</td><td>{esc(e.get('kind') or '')}</td>"
+            f"<td>{esc(str(e.get('site_id') or ''))}</td>"
+            f'<td style="color:{colour};font-weight:bold">{esc(status)}</td>'
+            f"<td>{links}</td>"
+            f"<td>{'' if secs is None else f'{secs:.1f}'}</td>"
+            f"<td>{esc(e.get('rendered_at') or '')}</td>"
+            f"<td>{esc(e.get('error') or '')}</td>"
+            "</tr>"
+        )
+    s = manifest.get("summary", {})
+    git = manifest.get("git", {})
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>IPSO reports: run index</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: .3rem .7rem; border-bottom: 1px solid #ddd; text-align: left; }}
+th {{ background: #f3f3f3; }} code {{ font-size: .9em; }}
+</style></head><body>
+<h1>IPSO reports</h1>
+<p>{s.get('selected', 0)} selected: {s.get('rendered', 0)} rendered, {s.get('up_to_date', 0)} up to date,
+<strong>{s.get('failed', 0)} failed</strong>. Finished {esc(str(manifest.get('finished')))};
+wall time {manifest.get('timings', {}).get('wall_seconds', '?')} s.</p>
+<p>Run key <code>{esc(str(manifest.get('run_key')))}</code>; data hash <code>{esc(str(manifest.get('inputs', {}).get('data_hash', ''))[:16])}</code>;
+git commit <code>{esc(str(git.get('commit')))}</code>{' (uncommitted changes)' if git.get('dirty') else ''};
+renderer {esc(str(manifest.get('settings', {}).get('renderer')))}; shared artefacts {esc(str(manifest.get('shared', {}).get('status')))}.
+Full record: <a href="{MANIFEST_FILE}">{MANIFEST_FILE}</a>.</p>
+<table><thead><tr><th>report</th><th>kind</th><th>hospital</th><th>status</th><th>files</th>
+<th>seconds</th><th>rendered at (UTC)</th><th>error</th></tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
