@@ -684,9 +684,8 @@ def _assemble_episodes(seed, site, ep) -> tuple[pd.DataFrame, pd.DataFrame]:
     roots, inverse = np.unique(ref, return_inverse=True)
     codes = rng_p.permutation(len(roots))
     width = max(7, len(str(len(roots))))
-    patient_id = np.char.add("P", np.char.zfill(codes[inverse].astype(str), width))
-    width_e = max(7, len(str(n)))
-    episode_id = np.char.add("E", np.char.zfill(np.arange(1, n + 1).astype(str), width_e))
+    patient_id = _ids("P", codes[inverse], width)
+    episode_id = _ids("E", np.arange(1, n + 1), max(7, len(str(n))))
 
     def ts(minutes: np.ndarray) -> np.ndarray:
         return minutes.astype("datetime64[m]").astype("datetime64[ns]")
@@ -750,6 +749,13 @@ def _assemble_episodes(seed, site, ep) -> tuple[pd.DataFrame, pd.DataFrame]:
     return episodes, latent
 
 
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
+    """Zero-padded string identifiers, e.g. ``P0001234`` (object array; empty input allowed)."""
+    if len(numbers) == 0:
+        return np.array([], dtype=object)
+    return np.char.add(prefix, np.char.zfill(numbers.astype(str), width)).astype(object)
+
+
 def _p_recognised(p: dict) -> np.ndarray:
     return 1 - (1 - p["screen_positive"]) * (1 - p["huddle"]) * (1 - p["order_set"])
 
@@ -776,6 +782,17 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x
+
+
+def _why_not(key: str) -> str:
+    """Reason an estimand is None (short or degenerate simulations)."""
+    if key.startswith(("recognition", "recognised")):
+        return "no site-months in event month 12 (study too short after go-live)"
+    if "12m" in key:
+        return "no episodes in event month 12 (study too short after go-live)"
+    if key.endswith("_pre") or key.startswith("crude"):
+        return "needs pre-go-live and post-go-live episodes"
+    return "no post-go-live episodes"
 
 
 def _time_ratios(act: np.ndarray, cf: np.ndarray) -> dict:
@@ -864,6 +881,8 @@ def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_exp
             "minutes_to_antibiotic_ratio_12m": "as minutes_to_bolus_ratio_12m for the first antibiotic",
         },
     }
+
+    estimands["not_estimable"] = {k: _why_not(k) for k, v in estimands.items() if v is None}
 
     # per-site truth
     site_codes = pd.Categorical(episodes["site_id"], categories=site["site_id"]).codes

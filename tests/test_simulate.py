@@ -357,3 +357,15 @@ def test_cli_json(tmp_path):
     assert summary["episodes"] > 100
     for name in ("episodes.parquet", "sites.csv", "site_months.csv", "truth.json"):
         assert (tmp_path / "sim" / name).exists()
+
+
+def test_short_or_empty_simulations_say_what_is_not_estimable(tmp_path):
+    short = simulate_collaborative(sites=2, months=6)
+    est = short.truth["estimands"]
+    assert est["sam30_rr_12m"] is None
+    assert "event month 12" in est["not_estimable"]["sam30_rr_12m"]
+    empty = simulate_collaborative(sites=3, months=12, episodes_per_site_month=0.001)
+    assert len(empty.episodes) == 0 and list(empty.episodes.columns) == contract.field_names("episodes")
+    assert "no post-go-live episodes" in empty.truth["estimands"]["not_estimable"]["sam30_rr_post"]
+    empty.write(tmp_path)
+    assert len(derive_episodes(empty.episodes)) == 0
