@@ -267,15 +267,26 @@ class ControlChart:
                 if not compact:
                     ax.annotate("baseline ends", xy=(_mid(xs, i), 1), xycoords=("data", "axes fraction"),
                                 fontsize=8, ha="right", va="top", color="dimgray")
-        sig = d["signal"].to_numpy(bool)
-        if sig.any():
-            ax.scatter(xs[sig], d["y"][sig], color=PALETTE["highlight"], s=(25 if compact else 45),
-                       zorder=3, label="signal")
+        size = 25 if compact else 45
+        outside = d["sigma_signal"].to_numpy(bool) & d["signal"].to_numpy(bool)
+        rule_pts = d["signal"].to_numpy(bool) & ~outside
+        if rule_pts.any():  # points in a long run / shift / trend / 2-of-3 / hugging run
+            ax.scatter(xs[rule_pts], d["y"][rule_pts], color=PALETTE["signal"], s=size, zorder=3,
+                       label="runs rule")
+        if outside.any():  # points outside the 3-sigma limits
+            ax.scatter(xs[outside], d["y"][outside], color=PALETTE["highlight"], s=size,
+                       zorder=3, label="outside limits")
         excl = ~d["include"].to_numpy(bool)
         if excl.any():
             ax.scatter(xs[excl], d["y"][excl], facecolors="white", edgecolors=PALETTE["observed"],
-                       s=(25 if compact else 45), zorder=4, label="excluded")
-        if isinstance(xs, np.ndarray) and d["x"].dtype == object:
+                       s=size, zorder=4, label="excluded")
+        if not isinstance(xs, np.ndarray):  # dates: concise labels, few ticks in small multiples
+            import matplotlib.dates as mdates
+
+            loc = mdates.AutoDateLocator(maxticks=4 if compact else 10)
+            ax.xaxis.set_major_locator(loc)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+        elif d["x"].dtype == object:
             ax.set_xticks(xs)
             ax.set_xticklabels([str(v) for v in d["x"]], rotation=90, fontsize=7)
         ax.set_title(title if title is not None else f"{self.chart_name} of {self._ylab()}",
@@ -285,7 +296,7 @@ class ControlChart:
             ax.set_xlabel(self.x_name)
         if show_caption:
             ax.annotate(_wrap(self.caption, 130 if not compact else 60), xy=(0, 0),
-                        xycoords="axes fraction", xytext=(0, -32), textcoords="offset points",
+                        xycoords="axes fraction", xytext=(0, -44), textcoords="offset points",
                         fontsize=7, va="top", ha="left", color="dimgray")
         return ax
 
