@@ -62,7 +62,7 @@ SHARED_DIRNAME = "_shared"
 WORK_DIRNAME = "_work"
 SHARED_STAMP = ".ipso-shared.json"
 TMP_MARK = ".tmp-"
-#: Test hook: "<raise|exit>-after-temp:<report_id>" fails that report after its temporary file is
+#: Test hook: "<raise|exit|hang>-after-temp:<report_id>" fails that report after its temporary file is
 #: written and before it is published (simulates a crash mid-publish).
 FAULT_ENV = "IPSO_BATCH_FAULT"
 
@@ -425,6 +425,8 @@ def _fault(report_id: str, stage: str) -> None:
         return
     if mode.startswith("exit"):
         os._exit(75)  # the worker dies abruptly, like a kill
+    if mode.startswith("hang"):
+        time.sleep(3600)  # the test kills the whole run meanwhile
     raise RuntimeError(f"injected fault ({mode}) for {report_id}")
 
 
@@ -849,7 +851,7 @@ def _now() -> str:
 
 
 def _ensure_shared(
-    data_dir: Path, shared_dir: Path, run_key: str, needed: bool
+    data_dir: Path, shared_dir: Path, run_key: str, needed: bool, hook: Any = "auto"
 ) -> tuple[str, str, str | None, float]:
     """Compute the run's shared artefacts once (analysis.reporting.compute_shared, if defined).
 
@@ -866,11 +868,12 @@ def _ensure_shared(
     if not needed:
         return "stale", stamp.get("digest", ""), None, 0.0
     t0 = time.perf_counter()
-    try:
-        reporting = importlib.import_module("analysis.reporting")
-    except ImportError:
-        reporting = None
-    hook = getattr(reporting, "compute_shared", None)
+    if hook == "auto":
+        try:
+            reporting = importlib.import_module("analysis.reporting")
+        except ImportError:
+            reporting = None
+        hook = getattr(reporting, "compute_shared", None)
     if hook is None:
         return "absent", "", None, 0.0
     shared_dir.mkdir(parents=True, exist_ok=True)
@@ -905,6 +908,7 @@ def render_batch(
     site_notebook: str | os.PathLike | None = None,
     collaborative_notebook: str | os.PathLike | None = None,
     parameters: Mapping[str, Any] | None = None,
+    compute_shared: Callable[[Path, Path, str], Any] | str | None = "auto",
     timeout: int = 600,
     show_progress: bool = True,
     dask_processes: bool = True,
@@ -918,6 +922,9 @@ def render_batch(
     force: re-render even when up to date. retry_failed: render only reports that failed last run.
     renderer: "auto" (Quarto when on PATH, else nbconvert), "quarto" or "nbconvert".
     parameters: extra notebook parameters (e.g. as_of, min_cell); they enter every report key.
+    compute_shared: hook computing the run's shared fits into <out>/_shared once per run,
+        called as hook(data_dir, shared_dir, run_key); "auto" = analysis.reporting.compute_shared
+        when defined; None = no shared artefacts.
     timeout: seconds one notebook cell may run.
     """
     t_start = time.perf_counter()
@@ -972,7 +979,7 @@ def render_batch(
         for r in ([f"site-{s}" for s in chosen] + ([COLLABORATIVE_ID] if collaborative else []))
     )
     shared_status, shared_digest, shared_error, shared_seconds = _ensure_shared(
-        data_dir, shared_dir, run_key, shared_needed
+        data_dir, shared_dir, run_key, shared_needed, compute_shared
     )
 
     common = {
@@ -1201,3 +1208,58 @@ Full record: <a href="{MANIFEST_FILE}">{MANIFEST_FILE}</a>.</p>
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
+
+
+# =============================================================================================
+# CLI glue (``ipso render``)
+def run_render_command(
+    *,
+    data: Path,
+    out: Path,
+    sites: str = "all",
+    collaborative: bool = True,
+    jobs: int | None = None,
+    formats: str = "html",
+    executor: str = "local",
+    scheduler: str | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    json_out: bool = False,
+    site_notebook: Path | None = None,
+    collaborative_notebook: Path | None = None,
+) -> BatchResult:
+    """Run :func:`render_batch` for the CLI: print a summary (or JSON) and exit non-zero when
+    any report failed (1) or the request was invalid (2)."""
+    import typer
+
+    from .console import console, print_json
+
+    try:
+        result = render_batch(
+            data, out, sites=sites, collaborative=collaborative, jobs=jobs, formats=formats,
+            executor=executor, scheduler=scheduler, force=force, retry_failed=retry_failed,
+            site_notebook=site_notebook, collaborative_notebook=collaborative_notebook,
+            show_progress=not json_out and console.is_terminal,
+        )
+    except ValueError as exc:
+        if json_out:
+            print_json({"error": str(exc)})
+        else:
+            console.print(f"[red]ipso render: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        d = result.to_dict()["counts"]
+        console.print(
+            f"{d['selected']} report(s): {d['rendered']} rendered, {d['up_to_date']} up to date, "
+            f"{d['failed']} failed in {result.wall_seconds:.1f} s "
+            f"({result.jobs} worker(s), {result.executor}, {result.renderer})"
+        )
+        for r in result.failed:
+            console.print(f"[red]FAILED {r.report_id}: {r.error}[/red]"
+                          + (f" (executed notebook: {out / r.executed_notebook})" if r.executed_notebook else ""))
+        typer.echo(str(result.index_path))
+    if not result.ok:
+        raise typer.Exit(1)
+    return result

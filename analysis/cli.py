@@ -87,5 +87,37 @@ def ingest(
     run_ingest_command(directory=directory, out=out, json_out=json_out)
 
 
+# ---------------------------------------------------------------------------------------------
+# render (owner: analysis.batch)
+@app.command()
+def render(
+    sites: str = typer.Option("all", "--sites", help="'all' or comma-separated site ids."),
+    collaborative: bool = typer.Option(
+        True, "--collaborative/--no-collaborative", help="Also render the collaborative report."
+    ),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Parallel workers (default: the machine's cores)."),
+    formats: str = typer.Option("html", "--formats", help="Comma-separated: html, pdf."),
+    executor: str = typer.Option("local", "--executor", help="local or dask."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="dask scheduler address (default: a local cluster)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Re-render even reports whose inputs are unchanged."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-render only the reports that failed last run."),
+    data: Path = typer.Option(Path("data/synthetic"), "--data", help="Extract or store directory."),
+    out: Path = typer.Option(Path("reports/latest"), "--out", help="Run folder (index.html, manifest.json, reports)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    site_notebook: Optional[Path] = typer.Option(None, "--site-notebook", hidden=True),
+    collaborative_notebook: Optional[Path] = typer.Option(None, "--collaborative-notebook", hidden=True),
+) -> None:
+    """Render every hospital's report (and the collaborative one): parallel, incremental, fault-isolated."""
+    from .batch import run_render_command
+
+    run_render_command(
+        data=data, out=out, sites=sites, collaborative=collaborative, jobs=jobs, formats=formats,
+        executor=executor, scheduler=scheduler, force=force, retry_failed=retry_failed,
+        json_out=json_out, site_notebook=site_notebook, collaborative_notebook=collaborative_notebook,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
