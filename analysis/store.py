@@ -203,7 +203,7 @@ def run_ingest_command(directory: Path, out: Path, json_out: bool) -> None:
     try:
         coll = ingest(directory, out)
     except DataContractError as exc:
-        fail(exc)
+        fail(exc, directory)
         return
     except ValueError as exc:
         console.print(f"[bold red]Error:[/] {exc}", highlight=False)

@@ -144,7 +144,7 @@ def locate_extract(directory: str | Path) -> dict[str, Path]:
             )
         if not present:
             raise DataContractError(
-                directory / f"{table}.csv", None, f"missing: expected {table}.csv or {table}.parquet"
+                f"{table}.csv", None, f"missing from {directory}: expected {table}.csv or {table}.parquet"
             )
         found[table] = present[0]
     return found
@@ -166,7 +166,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             with open(path, "rb") as fh:
                 first = fh.readline()
             if not first.strip():
-                raise DataContractError(path, None, "empty file (no header row)")
+                raise DataContractError(path.name, None, "empty file (no header row)")
             tab = pacsv.read_csv(
                 path,
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -176,15 +176,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 ),
             )
         else:
-            raise DataContractError(path, None, "unsupported format (expected .csv or .parquet)")
+            raise DataContractError(path.name, None, "unsupported format (expected .csv or .parquet)")
     except DataContractError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataContractError(path, None, f"unreadable: {_first_line(exc)}") from exc
+        raise DataContractError(path.name, None, f"unreadable: {_first_line(exc)}") from exc
     names = tab.column_names
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise DataContractError(path, dupes[0], "column appears more than once in the header")
+        raise DataContractError(path.name, dupes[0], "column appears more than once in the header")
     return tab.to_pandas(types_mapper={pa.string(): _STRING, pa.large_string(): _STRING}.get)
 
 
@@ -725,13 +725,16 @@ def print_summary(summary: dict) -> None:
     console.print(table)
 
 
-def fail(exc: DataContractError) -> None:
-    """Report a fatal contract error on stderr and exit with status 2."""
+def fail(exc: DataContractError, directory: Path | None = None) -> None:
+    """Report a fatal contract error on stderr and exit with status 2 (nothing is written)."""
     import typer
 
     from .console import console
 
-    console.print(f"[bold red]Data contract error:[/] {exc}", markup=True, highlight=False)
+    where = f" in {directory}" if directory is not None else ""
+    message = str(exc).rstrip(".")
+    console.print(f"[bold red]Data contract error{where}:[/] {message}. Nothing was written.",
+                  markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -742,7 +745,7 @@ def run_validate_command(directory: Path, quarantine: Path | None, json_out: boo
     try:
         result = validate_collaborative(directory)
     except DataContractError as exc:
-        fail(exc)
+        fail(exc, directory)
         return
     if quarantine is not None:
         quarantine = Path(quarantine)
