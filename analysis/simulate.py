@@ -131,7 +131,7 @@ DEFAULT_EFFECTS: dict[str, Any] = {
     "bolus_time_post_ratio": 0.93,
     "antibiotic_time_post_ratio": 0.90,
     # --- mortality (log-risk model) ---------------------------------------------------------
-    "baseline_sam30": 0.0115,
+    "baseline_sam30": 0.0105,
     "risk_cap": 0.90,
     "casemix_rr": {
         "critical_sepsis": 3.0,
