@@ -42,14 +42,17 @@ rules
     ``"anhoej"`` (default), ``"shewhart"`` or ``"ihi"``; see :mod:`analysis.spc_rules`.
 detect_shifts
     Off by default. When on, a sustained shift starts a new part, the way QI teams re-base a
-    chart: limits are computed from the first ``shift_min_points`` points of the current part
-    and extended forward; the first run that breaks the shift rule (Anhøj: longer than
-    round(log2 n) + 3 useful points; IHI and Shewhart: 8 or more points on one side, 6 for IHI run
-    charts) starting at least ``shift_min_points`` points after the part start, and leaving at
-    least ``shift_min_points`` points after it, becomes a new part if the new part's own centre
-    line lies on the side of the run (the shift is confirmed). Repeat from the new part.
-    Final limits are then computed per part from all its points. The x values where new parts
-    were started are in ``ControlChart.detected_breaks``.
+    chart after a confirmed centre-line shift. Starting with the whole series as one part:
+    (1) compute the part's centre line from all its points; (2) find the first run that breaks the
+    shift rule (Anhøj: more than round(log2 n) + 3 useful points on one side; IHI and Shewhart: 8
+    or more; IHI run charts: 6 or more) that starts at least ``shift_min_points`` points after
+    the part start and leaves at least ``shift_min_points`` points from its start to the end;
+    (3) accept it when the shift is confirmed: every point of the run lies on the run's side of
+    the centre line computed from the points *before* the run alone, and the centre line of the
+    points from the run onwards is on that side too; otherwise try the next run; (4) the run's
+    first point starts a new part; repeat from there. Limits are then computed per part as with
+    ``part``. The x values where new parts start are in ``ControlChart.detected_breaks``. False
+    alarms occur at about the rate of the runs rules themselves (a few percent per series).
 
 Degenerate input (empty frame, one subgroup, a zero or missing denominator, counts above the
 denominator, all-zero counts, no variation) raises ``ValueError`` naming the column and value.
@@ -171,8 +174,10 @@ class ControlChart:
 
     @property
     def signal(self) -> bool:
-        """Whether any signal of the rule set fired anywhere on the chart."""
-        return bool(self.data["signal"].any())
+        """Whether any signal of the rule set fired anywhere on the chart (for the Anhøj rules
+        this includes a runs/crossings signal, which belongs to a part rather than a point)."""
+        runs = self.rules == "anhoej" and bool(self.runs["runs_signal"].any())
+        return bool(self.data["signal"].any()) or runs
 
     @property
     def runs_signal(self) -> bool:
@@ -681,16 +686,14 @@ def _shift_threshold(rules: str, chart: str, n_useful: int) -> int:
 
 
 def _detect_breaks(chart, agg, include, opts, rules, min_points) -> list[int]:
+    """Positions where a confirmed sustained shift starts a new part (see module docstring)."""
     k = len(agg)
     breaks, start = [], 0
     while k - start >= 2 * min_points:
-        seg = slice(start, k)
-        g = agg.iloc[seg].reset_index(drop=True)
-        inc = include[seg]
-        base = np.zeros(k - start, bool)
-        base[:min_points] = True
+        g = agg.iloc[start:].reset_index(drop=True)
+        inc = include[start:]
         try:
-            yv, cl, *_ = _limits(chart, g, base & inc, opts)
+            yv, cl, *_ = _limits(chart, g, inc.copy(), opts)
         except _Degenerate:
             break
         yv_use = np.where(inc, yv, np.nan)
@@ -704,12 +707,7 @@ def _detect_breaks(chart, agg, include, opts, rules, min_points) -> list[int]:
             r0, r1, side = run
             if k - (start + r0) < min_points:
                 break
-            g2 = agg.iloc[start + r0 :].reset_index(drop=True)
-            try:
-                _, cl2, *_ = _limits(chart, g2, include[start + r0 :].copy(), opts)
-            except _Degenerate:
-                cl2 = None
-            if cl2 is not None and side * (cl2[0] - cl[r0]) > 0:
+            if _confirm_shift(chart, g, inc, yv, r0, r1, side, opts):
                 found = start + r0
                 break
             look_from = r1 + 1
@@ -718,6 +716,20 @@ def _detect_breaks(chart, agg, include, opts, rules, min_points) -> list[int]:
         breaks.append(found)
         start = found
     return breaks
+
+
+def _confirm_shift(chart, g, inc, yv, r0, r1, side, opts) -> bool:
+    """A run confirms a shift when it stays on its side of the centre line of the points before it
+    (computed from those points alone) and the centre line after it lies on the same side."""
+    try:
+        _, clb, *_ = _limits(chart, g.iloc[:r0].reset_index(drop=True), inc[:r0].copy(), opts)
+        _, cla, *_ = _limits(chart, g.iloc[r0:].reset_index(drop=True), inc[r0:].copy(), opts)
+    except _Degenerate:
+        return False
+    yrun = yv[r0 : r1 + 1]
+    yrun = yrun[inc[r0 : r1 + 1] & ~np.isnan(yrun)]
+    on_side = np.sign(yrun - clb[0])
+    return bool(side * (cla[0] - clb[0]) > 0 and (on_side[on_side != 0] == side).all())
 
 
 def _apply_rules(chart, rules, d: pd.DataFrame, runs_rows: list[dict]) -> pd.DataFrame:

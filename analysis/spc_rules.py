@@ -264,7 +264,7 @@ def runs_limits(n1: int, n2: int, alpha: float = 0.05) -> tuple[int, int]:
     """
     rs, ps = runs_distribution(n1, n2)
     cdf = np.cumsum(ps)
-    sf = cdf[::-1].cumsum()[::-1]  # P(R >= r)
+    sf = np.cumsum(np.asarray(ps)[::-1])[::-1]  # P(R >= r)
     lower = rs[0]
     for r, c in zip(rs, cdf):
         if c <= alpha / 2:
