@@ -28,7 +28,7 @@ Case mix (per episode)
     critical sepsis (about 35%). Some patients have repeat episodes (same patient_id, consistent age/sex).
 Processes (common random numbers: the same uniform/normal draw gives the actual and counterfactual value)
     screen_positive, huddle, order_set ~ Bernoulli(expit(site intercept + trend + shift x ramp));
-    minutes to first bolus / antibiotic ~ lognormal (pre medians about 55 / 70 min) multiplied by
+    minutes to first bolus / antibiotic ~ lognormal (realised pre medians about 54 / 68 min) multiplied by
     the post ratio (0.93 / 0.90) ^ ramp; some treatments not given (empty), a few given before T0.
 30-day in-hospital sepsis-attributable death (log-risk model: effects are collapsible risk ratios)
     P = min(0.9, exp(eta)),
