@@ -1,0 +1,249 @@
+"""Tests for analysis.competing: Aalen-Johansen CIF, Gray's test, Fine-Gray, cause-specific Cox, LOS.
+
+Published reference: MASS::Melanoma (tests/data/melanoma.csv, copied from the Rdatasets repository
+vincentarelbundock/Rdatasets csv/MASS/Melanoma.csv), analysed with tidycmprsk/cmprsk in
+E. Zabor, "Survival Analysis in R" tutorial, Part 3 Competing Risks (emilyzabor.com; rendered
+output in repository zabore/zabore.github.io, docs/survival-analysis-in-r.html). Status recoded
+as there: 0 = alive (censored), 1 = died from melanoma, 2 = died from other causes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import AalenJohansenFitter
+
+from analysis.competing import (
+    censoring_km,
+    cif_at,
+    cumulative_incidence,
+    finegray_expand,
+    fit_cause_specific_cox,
+    fit_fine_gray,
+    gray_test,
+    los_events,
+    los_summary,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def melanoma() -> pd.DataFrame:
+    m = pd.read_csv(DATA / "melanoma.csv")
+    m["event"] = m["status"].map({2: 0, 1: 1, 3: 2})
+    return m
+
+
+# cuminc(Surv(time, status) ~ 1, data = Melanoma): time, estimate, std.error, 95% CI
+ZABOR_CIF = {
+    1: [(1000, 0.127, 0.023, 0.086, 0.177), (2000, 0.230, 0.030, 0.174, 0.291),
+        (3000, 0.310, 0.037, 0.239, 0.383), (4000, 0.339, 0.041, 0.260, 0.419)],
+    2: [(1000, 0.034, 0.013, 0.015, 0.066), (2000, 0.050, 0.016, 0.026, 0.087),
+        (3000, 0.058, 0.017, 0.030, 0.099), (4000, 0.106, 0.032, 0.053, 0.179)],
+}
+
+
+@pytest.mark.parametrize("cause", [1, 2])
+def test_cif_reproduces_cmprsk_on_melanoma(melanoma, cause):
+    cif = cumulative_incidence(melanoma, "time", "event", event_of_interest=cause)
+    got = cif_at(cif, [r[0] for r in ZABOR_CIF[cause]])
+    exp = np.array([r[1:] for r in ZABOR_CIF[cause]])
+    # printed to 3 decimals -> agreement within half a unit in the last place
+    np.testing.assert_allclose(got[["estimate", "se", "ci_lower", "ci_upper"]].to_numpy(), exp, atol=5.01e-4)
+
+
+def test_cif_by_group_and_gray_test_on_melanoma(melanoma):
+    # tbl_cuminc(times = 1826.25) by ulcer: 0: 9.1% (4.6%, 15%); 1: 39% (29%, 49%); Gray p < 0.001
+    cif = cumulative_incidence(melanoma, "time", "event", group="ulcer")
+    at5 = cif_at(cif, [1826.25]).set_index("group")
+    assert at5.loc[0, "estimate"] == pytest.approx(0.091, abs=5.01e-4)
+    assert at5.loc[0, "ci_lower"] == pytest.approx(0.046, abs=5.01e-4)
+    assert at5.loc[0, "ci_upper"] == pytest.approx(0.15, abs=5.01e-3)
+    assert at5.loc[1, "estimate"] == pytest.approx(0.39, abs=5.01e-3)
+    assert at5.loc[1, "ci_lower"] == pytest.approx(0.29, abs=5.01e-3)
+    assert at5.loc[1, "ci_upper"] == pytest.approx(0.49, abs=5.01e-3)
+    g = gray_test(melanoma, "time", "event", "ulcer")
+    assert g.df == 1 and g.p < 0.001
+    assert g.summary().shape == (1, 3)
+
+
+def test_fine_gray_reproduces_crr_coefficients_on_melanoma(melanoma):
+    # crr(Surv(time, status) ~ sex + age, data = Melanoma):
+    #   sex 0.588 (SE 0.272) HR 1.80 (1.06, 3.07) p 0.030; age 0.013 (SE 0.009) HR 1.01 p 0.18.
+    # Coefficients must agree; crr's SEs are Fine & Gray's sandwich, ours are the model-based SEs
+    # of the weighted Cox fit (R coxph on finegray data), so they are only required to be close.
+    fg = fit_fine_gray(melanoma, "time", "event", ["sex", "age"])
+    assert fg.table.loc["sex", "coef"] == pytest.approx(0.588, abs=5.01e-4)
+    assert fg.table.loc["age", "coef"] == pytest.approx(0.013, abs=5.01e-4)
+    assert fg.table.loc["sex", "exp_coef"] == pytest.approx(1.80, abs=5.01e-3)
+    assert fg.table.loc["sex", "se"] == pytest.approx(0.272, rel=0.05)
+    assert fg.table.loc["age", "se"] == pytest.approx(0.009, rel=0.1)
+    # weighted partial likelihood with Breslow ties gives the same here (few tied times)
+    fgb = fit_fine_gray(melanoma, "time", "event", ["sex", "age"], ties="breslow")
+    assert fgb.table.loc["sex", "coef"] == pytest.approx(0.588, abs=5.01e-4)
+
+
+def test_cause_specific_cox_reproduces_r_on_melanoma(melanoma):
+    # coxph(Surv(time, ifelse(status == 1, 1, 0)) ~ sex + age, data = Melanoma) |> tbl_regression:
+    #   sex HR 1.82 (1.08, 3.07) p 0.025; age HR 1.02 (1.00, 1.03) p 0.056
+    cs = fit_cause_specific_cox(melanoma, "time", "event", ["sex", "age"], event_of_interest=1)
+    t = cs.table
+    assert t.loc["sex", "exp_coef"] == pytest.approx(1.82, abs=5.01e-3)
+    assert t.loc["sex", "hr_lower"] == pytest.approx(1.08, abs=5.01e-3)
+    assert t.loc["sex", "hr_upper"] == pytest.approx(3.07, abs=5.01e-3)
+    assert t.loc["sex", "p"] == pytest.approx(0.025, abs=5.01e-4)
+    assert t.loc["age", "exp_coef"] == pytest.approx(1.02, abs=5.01e-3)
+    assert t.loc["age", "hr_lower"] == pytest.approx(1.00, abs=5.01e-3)
+    assert t.loc["age", "hr_upper"] == pytest.approx(1.03, abs=5.01e-3)
+    assert t.loc["age", "p"] == pytest.approx(0.056, abs=5.01e-4)
+
+
+# R survival package, tests/finegray.R ("Test data set 1 for Fine-Gray regression"),
+# expected weights twt and censoring curve from tests/finegray.Rout.save (therneau/survival).
+FDATA = pd.DataFrame({
+    "time": [1, 2, 3, 4, 4, 4, 5, 5, 6, 8, 8, 9, 10, 12],
+    "status": [1, 2, 0, 1, 0, 0, 2, 1, 0, 0, 2, 0, 1, 0],
+    "x": [5, 4, 3, 1, 2, 1, 1, 2, 2, 4, 6, 1, 2, 0],
+})
+
+
+def test_finegray_weights_match_survival_package_test():
+    ct, G = censoring_km(FDATA["time"].to_numpy(float), FDATA["status"].to_numpy())
+    # csurv: time c(0,3,4,6,8,9), p = cumprod(c(1, 11/12, 8/10, 5/6, 3/4, 2/3))
+    np.testing.assert_allclose(ct[:5], [3, 4, 6, 8, 9])
+    np.testing.assert_allclose(G[:5], np.cumprod([11 / 12, 8 / 10, 5 / 6, 3 / 4, 2 / 3]))
+    ex = finegray_expand(FDATA, "time", "status", 1)
+    p = np.cumprod([1, 11 / 12, 8 / 10, 5 / 6, 3 / 4, 2 / 3])
+    # subject 2 (type 2 at t=2): weights 1, p[1], p[2], p[5] (R: csurv$p[c(1,2,3,6)] after the first 1)
+    np.testing.assert_allclose(ex.loc[ex["fg_row"] == 1, "fg_weight"], [1, p[1], p[2], p[5]])
+    # subject 7 (type 2 at t=5): 1 then 5/12; subject 11 (type 2 at t=8): 1 then 1/2
+    np.testing.assert_allclose(ex.loc[ex["fg_row"] == 6, "fg_weight"], [1, 5 / 12])
+    np.testing.assert_allclose(ex.loc[ex["fg_row"] == 10, "fg_weight"], [1, 1 / 2])
+    assert (ex.loc[FDATA["status"].to_numpy()[ex["fg_row"]] != 2, "fg_weight"] == 1).all()
+
+
+def _weighted_km_event(ex: pd.DataFrame) -> pd.Series:
+    """1 - weighted product-limit estimate on (start, stop] data at its event times."""
+    out, s = {}, 1.0
+    for t in np.unique(ex.loc[ex["fg_status"] == 1, "fg_stop"]):
+        at = (ex["fg_start"] < t) & (ex["fg_stop"] >= t)
+        d = ex.loc[at & (ex["fg_stop"] == t) & (ex["fg_status"] == 1), "fg_weight"].sum()
+        s *= 1 - d / ex.loc[at, "fg_weight"].sum()
+        out[t] = 1 - s
+    return pd.Series(out)
+
+
+@pytest.mark.parametrize("cause", [1, 2])
+def test_finegray_data_reproduce_cif(melanoma, cause):
+    """survival tests/finegray.R: the weighted KM on the expanded data equals the multi-state
+    (Aalen-Johansen) CIF at the event times - checked on the R test data and on Melanoma."""
+    for df, dur, ev in ((FDATA, "time", "status"), (melanoma, "time", "event")):
+        wkm = _weighted_km_event(finegray_expand(df, dur, ev, cause))
+        cif = cif_at(cumulative_incidence(df, dur, ev, event_of_interest=cause), wkm.index)
+        np.testing.assert_allclose(cif["estimate"], wkm.to_numpy(), atol=1e-12)
+
+
+def test_cif_hand_example_with_ties():
+    # times 1,1,1,2,2,3 ; events 1,2,0,1,0,2 (censoring tied with events is at risk at t=1)
+    # t=1: n=6, F1 = 1/6, S = 4/6 ; t=2: n=3, F1 += (4/6)(1/3) -> 7/18 ; t=3: competing only.
+    df = pd.DataFrame({"t": [1, 1, 1, 2, 2, 3], "e": [1, 2, 0, 1, 0, 2]})
+    cif = cumulative_incidence(df, "t", "e")
+    assert cif["time"].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(cif["estimate"], [1 / 6, 7 / 18, 7 / 18])
+    assert cif["at_risk"].tolist() == [6, 3, 1]
+    assert cif["n_event"].tolist() == [1, 1, 0] and cif["n_competing"].tolist() == [1, 0, 1]
+    death = cumulative_incidence(df, "t", "e", event_of_interest=2)
+    # F2: 1/6 at 1; at 3: S(3-) = 4/9, n=1, d2=1 -> + 4/9
+    np.testing.assert_allclose(death["estimate"], [1 / 6, 1 / 6, 1 / 6 + 4 / 9])
+    # CIF(1) + CIF(2) = 1 - KM(all causes) = 1 at t=3
+    assert cif["estimate"].iloc[-1] + death["estimate"].iloc[-1] == pytest.approx(1.0)
+
+
+def test_cif_agrees_with_lifelines_on_untied_data():
+    rng = np.random.default_rng(5)
+    n = 250
+    df = pd.DataFrame({"t": rng.exponential(5, n), "e": rng.choice([0, 1, 2], n, p=[0.2, 0.5, 0.3])})
+    ours = cumulative_incidence(df, "t", "e")
+    aj = AalenJohansenFitter().fit(df["t"], df["e"], event_of_interest=1)
+    ref = aj.cumulative_density_.iloc[:, 0]
+    np.testing.assert_allclose(cif_at(ours, ref.index.to_numpy())["estimate"], ref.to_numpy(), atol=1e-12)
+
+
+def test_gray_score_reduces_to_logrank_without_competing_events():
+    """Gray (1988): with no competing events the score is the log-rank O - E (hand computed)."""
+    rng = np.random.default_rng(2)
+    n = 120
+    df = pd.DataFrame({"t": rng.integers(1, 15, n), "e": (rng.random(n) < 0.7).astype(int),
+                       "g": rng.integers(0, 2, n)})
+    o_minus_e = 0.0
+    for t in np.unique(df.loc[df["e"] == 1, "t"]):
+        at = df["t"] >= t
+        d = ((df["t"] == t) & (df["e"] == 1))
+        o_minus_e += (d & (df["g"] == 0)).sum() - d.sum() * (at & (df["g"] == 0)).sum() / at.sum()
+    g = gray_test(df, "t", "e", "g")
+    assert g.scores[0] == pytest.approx(o_minus_e, rel=1e-10)
+
+
+def test_estimators_are_deterministic_under_ties_and_permutation(melanoma):
+    rng = np.random.default_rng(0)
+    n = 600
+    df = pd.DataFrame({"days": rng.integers(0, 12, n), "ev": rng.choice([0, 1, 2], n, p=[0.05, 0.85, 0.10]),
+                       "period": rng.choice(["pre", "post"], n), "x": rng.normal(size=n)})
+    shuffled = df.sample(frac=1, random_state=1).reset_index(drop=True)
+    a = cumulative_incidence(df, "days", "ev", group="period")
+    pd.testing.assert_frame_equal(a, cumulative_incidence(df, "days", "ev", group="period"))
+    pd.testing.assert_frame_equal(a, cumulative_incidence(shuffled, "days", "ev", group="period"))
+    # events at t = 0 are kept (lifelines' jittering can drop them)
+    assert a.loc[a["time"] == 0, "n_event"].sum() == ((df["days"] == 0) & (df["ev"] == 1)).sum()
+    g1, g2 = gray_test(df, "days", "ev", "period"), gray_test(shuffled, "days", "ev", "period")
+    assert g1.statistic == pytest.approx(g2.statistic, rel=1e-12)
+    f1 = fit_fine_gray(df, "days", "ev", ["x"])
+    f2 = fit_fine_gray(shuffled, "days", "ev", ["x"])
+    np.testing.assert_allclose(f1.table["coef"], f2.table["coef"], rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda d: cumulative_incidence(d.assign(event=0), "time", "event"), "no events of interest"),
+        (lambda d: cumulative_incidence(d.assign(time=d["time"] - 100), "time", "event"), "negative"),
+        (lambda d: cumulative_incidence(d.assign(event=-1), "time", "event"), "integer codes"),
+        (lambda d: gray_test(d.assign(ulcer=1), "time", "event", "ulcer"), "single level"),
+        (lambda d: fit_fine_gray(d.assign(sex=1), "time", "event", ["sex", "age"]), "single level"),
+        (lambda d: cumulative_incidence(d, "time", "event", conf_type="arcsine"), "conf_type"),
+    ],
+)
+def test_bad_input_raises(melanoma, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(melanoma)
+
+
+def test_los_summary_small_frame():
+    ep = pd.DataFrame({
+        "site_id": ["A"] * 6 + ["B"] * 6,
+        "post": [False, False, False, True, True, True] * 2,
+        "days_t0_to_discharge": [1.0, 2.0, 40.0, 1.0, 3.0, 5.0, 2.0, 2.0, 4.0, 1.0, 1.0, 6.0],
+        "died_in_hospital": [False, True, False, False, False, False] * 2,
+    })
+    s = los_summary(ep).set_index(["unit", "period"])
+    coll_pre = s.loc[("collaborative", "pre")]
+    assert coll_pre["n"] == 6 and coll_pre["deaths"] == 2
+    # restricted mean of min(T, 30): (1+2+30+2+2+4)/6
+    assert coll_pre["rmean_los"] == pytest.approx((1 + 2 + 30 + 2 + 2 + 4) / 6)
+    # one of six stays (40 days) is still in hospital at day 30
+    assert coll_pre["cif_death_h"] + coll_pre["cif_discharge_h"] == pytest.approx(5 / 6)
+    # site A pre: alive at 1 (CIF 1/3), death at 2, alive at 40 (CIF 1/3 + 1/3) -> median 40 days
+    assert s.loc[("A", "pre"), "median_discharge_alive"] == 40.0
+    # two of three die: the live-discharge CIF stops at 1/3 and the median is undefined
+    grim = pd.DataFrame({"post": [True, True, True, False], "days_t0_to_discharge": [1.0, 2.0, 3.0, 1.0],
+                         "died_in_hospital": [False, True, True, False]})
+    g = los_summary(grim, by=None).set_index("period").loc["post"]
+    assert np.isnan(g["median_discharge_alive"]) and "never reaches" in g["status"]
+    ev = los_events(ep)
+    assert set(ev["los_event"]) == {1, 2}
+    with pytest.raises(ValueError, match="negative"):
+        los_events(ep.assign(days_t0_to_discharge=-1.0))
