@@ -43,14 +43,13 @@ rules
 detect_shifts
     Off by default. When on, a sustained shift starts a new part, the way QI teams re-base a
     chart after a confirmed centre-line shift. Starting with the whole series as one part:
-    (1) compute the part's centre line from all its points; (2) find the first run that breaks the
-    shift rule (Anhøj: more than round(log2 n) + 3 useful points on one side; IHI and Shewhart: 8
-    or more; IHI run charts: 6 or more) that starts at least ``shift_min_points`` points after
-    the part start and leaves at least ``shift_min_points`` points from its start to the end;
-    (3) accept it when the shift is confirmed: every point of the run lies on the run's side of
-    the centre line computed from the points *before* the run alone, and the centre line of the
-    points from the run onwards is on that side too; otherwise try the next run; (4) the run's
-    first point starts a new part; repeat from there. Limits are then computed per part as with
+    (1) compute the part's centre line from all its points; (2) if a run breaks the shift rule
+    (Anhøj: more than round(log2 n) + 3 useful points on one side; IHI and Shewhart: 8 or more;
+    IHI run charts: 6 or more), estimate where the level changed as the split that minimises the
+    (denominator-weighted) within-part sum of squares, leaving at least ``shift_min_points``
+    points on each side; (3) accept it if the centre lines computed separately before and after
+    the split differ in the direction the run implies; (4) the split starts a new part; repeat on
+    the new part. Limits are then computed per part as with
     ``part``. The x values where new parts start are in ``ControlChart.detected_breaks``. False
     alarms occur at about the rate of the runs rules themselves (a few percent per series).
 
@@ -288,7 +287,7 @@ class ControlChart:
         if not isinstance(xs, np.ndarray):  # dates: concise labels, few ticks in small multiples
             import matplotlib.dates as mdates
 
-            loc = mdates.AutoDateLocator(maxticks=4 if compact else 10)
+            loc = mdates.AutoDateLocator(minticks=2, maxticks=5 if compact else 10)
             ax.xaxis.set_major_locator(loc)
             ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
         elif d["x"].dtype == object:
@@ -698,38 +697,54 @@ def _detect_breaks(chart, agg, include, opts, rules, min_points) -> list[int]:
             break
         yv_use = np.where(inc, yv, np.nan)
         n_useful = int((R._sides(yv_use, cl) != 0).sum())
-        thr = _shift_threshold(rules, chart, n_useful)
-        found, look_from = None, min_points
-        while True:
-            run = R.first_shift(yv_use, cl, thr, start_at=look_from)
-            if run is None:
-                break
-            r0, r1, side = run
-            if k - (start + r0) < min_points:
-                break
-            if _confirm_shift(chart, g, inc, yv, r0, r1, side, opts):
-                found = start + r0
-                break
-            look_from = r1 + 1
-        if found is None:
+        run = R.first_shift(yv_use, cl, _shift_threshold(rules, chart, n_useful))
+        if run is None:
             break
-        breaks.append(found)
-        start = found
+        b = _best_split(chart, g, yv_use, min_points)
+        if b is None or not _confirm_shift(chart, g, inc, yv_use, b, run, opts):
+            break
+        breaks.append(start + b)
+        start += b
     return breaks
 
 
-def _confirm_shift(chart, g, inc, yv, r0, r1, side, opts) -> bool:
-    """A run confirms a shift when it stays on its side of the centre line of the points before it
-    (computed from those points alone) and the centre line after it lies on the same side."""
+def _best_split(chart, g, yv, min_points) -> int | None:
+    """Change point minimising the weighted within-part sum of squares of the plotted statistic
+    (weights: denominators for p/u charts, subgroup sizes for Xbar, 1 otherwise)."""
+    if chart in _NEEDS_N:
+        w = g["n"].to_numpy(float)
+    elif chart in _SUBGROUPED:
+        w = g["y_count"].to_numpy(float)
+    else:
+        w = np.ones(len(g))
+    ok = ~np.isnan(yv)
+    w = np.where(ok, w, 0.0)
+    y = np.where(ok, yv, 0.0)
+    cw, cwy, cwy2 = np.cumsum(w), np.cumsum(w * y), np.cumsum(w * y * y)
+    best, best_b = np.inf, None
+    for b in range(min_points, len(g) - min_points + 1):
+        wl, wr = cw[b - 1], cw[-1] - cw[b - 1]
+        if wl <= 0 or wr <= 0:
+            continue
+        syl, syr = cwy[b - 1], cwy[-1] - cwy[b - 1]
+        sse = (cwy2[-1] - syl**2 / wl - syr**2 / wr)
+        if sse < best - 1e-12:
+            best, best_b = sse, b
+    return best_b
+
+
+def _confirm_shift(chart, g, inc, yv, b, run, opts) -> bool:
+    """Confirm a level change at ``b``: the rule-breaking run lies mainly on one side of ``b`` and
+    the centre lines computed separately before and after ``b`` differ in the run's direction."""
+    r0, r1, side = run
     try:
-        _, clb, *_ = _limits(chart, g.iloc[:r0].reset_index(drop=True), inc[:r0].copy(), opts)
-        _, cla, *_ = _limits(chart, g.iloc[r0:].reset_index(drop=True), inc[r0:].copy(), opts)
+        _, clb, *_ = _limits(chart, g.iloc[:b].reset_index(drop=True), inc[:b].copy(), opts)
+        _, cla, *_ = _limits(chart, g.iloc[b:].reset_index(drop=True), inc[b:].copy(), opts)
     except _Degenerate:
         return False
-    yrun = yv[r0 : r1 + 1]
-    yrun = yrun[inc[r0 : r1 + 1] & ~np.isnan(yrun)]
-    on_side = np.sign(yrun - clb[0])
-    return bool(side * (cla[0] - clb[0]) > 0 and (on_side[on_side != 0] == side).all())
+    after = (r1 + 1 - max(b, r0)) >= (min(b, r1 + 1) - r0)  # most of the run is after b
+    direction = side if after else -side
+    return bool(direction * (cla[0] - clb[0]) > 0)
 
 
 def _apply_rules(chart, rules, d: pd.DataFrame, runs_rows: list[dict]) -> pd.DataFrame:
@@ -904,12 +919,12 @@ def xbar_chart(df: pd.DataFrame, x: str, y: str, **kwargs) -> ControlChart:
 
     CL = size-weighted grand mean; limits CL +- A3(n_i) * s-bar with s-bar the mean subgroup SD
     (equal sizes) or the pooled SD (unequal sizes), Montgomery eqs. 6.29-6.31, as qicharts2."""
-    return _make_chart("xbar", df, x, y, None, **kwargs)
+    return _make_chart("xbar", df, x, y, kwargs.pop("n", None), **kwargs)
 
 
 def s_chart(df: pd.DataFrame, x: str, y: str, **kwargs) -> ControlChart:
     """S chart from episode-level rows: CL = s-bar (or pooled SD), limits B3/B4(n_i) * CL."""
-    return _make_chart("s", df, x, y, None, **kwargs)
+    return _make_chart("s", df, x, y, kwargs.pop("n", None), **kwargs)
 
 
 def p_chart(df: pd.DataFrame, x: str, y: str, n: str, **kwargs) -> ControlChart:
@@ -940,7 +955,7 @@ def up_chart(df: pd.DataFrame, x: str, y: str, n: str, *, screen_mr: bool = True
 
 def c_chart(df: pd.DataFrame, x: str, y: str, **kwargs) -> ControlChart:
     """C chart: counts per subgroup; CL = mean count, limits CL +- 3 sqrt(CL), LCL >= 0."""
-    return _make_chart("c", df, x, y, None, **kwargs)
+    return _make_chart("c", df, x, y, kwargs.pop("n", None), **kwargs)
 
 
 def g_chart(df: pd.DataFrame, x: str, y: str, *, centre: str = "median", **kwargs) -> ControlChart:
@@ -951,7 +966,7 @@ def g_chart(df: pd.DataFrame, x: str, y: str, *, centre: str = "median", **kwarg
     stay valid for the skewed data) or the mean with ``centre="mean"``."""
     if centre not in ("median", "mean"):
         raise ValueError(f"centre must be 'median' or 'mean', got {centre!r}")
-    return _make_chart("g", df, x, y, None, centre=centre, **kwargs)
+    return _make_chart("g", df, x, y, kwargs.pop("n", None), centre=centre, **kwargs)
 
 
 _FUNCS = {
