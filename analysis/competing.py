@@ -394,3 +394,56 @@ def _step(cif: pd.DataFrame, t: float) -> float:
 def _rmean_in_hospital(t: np.ndarray, horizon: float) -> float:
     """Restricted mean of min(T, horizon) with no censoring (everyone leaves hospital)."""
     return float(np.mean(np.minimum(t, horizon)))
+
+
+@dataclass
+class LOSCompetingResult:
+    """Cumulative incidence of live discharge (cause 1) and in-hospital death (cause 2) by period.
+
+    ``cif``: outcome ('discharge'/'death'), group (period), time (days from T0), estimate, se,
+    ci_lower, ci_upper. ``tests``: Gray's test per outcome (statistic, df, p)."""
+
+    cif: pd.DataFrame
+    tests: pd.DataFrame
+
+    def summary(self) -> pd.DataFrame:
+        return self.tests.copy()
+
+    def plot(self, ax=None, horizon: float | None = 30.0):
+        from .plotting import PALETTE, new_axes
+
+        ax = new_axes(ax)
+        for (outcome, period), g in self.cif.groupby(["outcome", "group"], sort=True):
+            g = g if horizon is None else g[g["time"] <= horizon]
+            colour = PALETTE["post"] if period == "post" else PALETTE["pre"]
+            ax.step(g["time"], g["estimate"], where="post", color=colour,
+                    ls="-" if outcome == "discharge" else "--", label=f"{outcome}, {period}")
+        ax.set_xlabel("Days from T0")
+        ax.set_ylabel("Cumulative incidence")
+        ax.set_title("Discharge alive and in-hospital death (competing risks)")
+        ax.legend()
+        return ax
+
+
+def los_competing_risks(episodes: pd.DataFrame, *, time_col: str = "days_t0_to_discharge",
+                        alpha: float = 0.05) -> LOSCompetingResult:
+    """Aalen-Johansen CIFs of discharge alive and of in-hospital death by period (pre/post), with
+    Gray's test for each; death is a competing event for discharge and vice versa."""
+    _require_columns(episodes, ["post"])
+    df = los_events(episodes, time_col=time_col)
+    df["period"] = _period_labels(df["post"])
+    if df["period"].nunique() < 2:
+        raise ValueError("a period comparison needs both pre and post episodes")
+    parts, tests = [], []
+    for code, outcome in ((1, "discharge"), (2, "death")):
+        if not (df["los_event"] == code).any():
+            tests.append({"outcome": outcome, "statistic": np.nan, "df": 1, "p": np.nan,
+                          "status": f"no {outcome} events"})
+            continue
+        c = cumulative_incidence(df, "los_time", "los_event", group="period", event_of_interest=code,
+                                 alpha=alpha)
+        c.insert(0, "outcome", outcome)
+        parts.append(c)
+        g = gray_test(df, "los_time", "los_event", "period", event_of_interest=code)
+        tests.append({"outcome": outcome, "statistic": g.statistic, "df": g.df, "p": g.p, "status": "ok"})
+    return LOSCompetingResult(pd.concat(parts, ignore_index=True), pd.DataFrame(tests))

@@ -247,3 +247,22 @@ def test_los_summary_small_frame():
     assert set(ev["los_event"]) == {1, 2}
     with pytest.raises(ValueError, match="negative"):
         los_events(ep.assign(days_t0_to_discharge=-1.0))
+
+
+def test_los_competing_risks_by_period():
+    from analysis.competing import los_competing_risks
+
+    rng = np.random.default_rng(3)
+    n = 300
+    post = rng.random(n) < 0.5
+    ep = pd.DataFrame({"post": post, "days_t0_to_discharge": rng.integers(0, 20, n).astype(float),
+                       "died_in_hospital": rng.random(n) < 0.08})
+    res = los_competing_risks(ep)
+    assert set(res.cif["outcome"]) == {"discharge", "death"}
+    assert res.tests["outcome"].tolist() == ["discharge", "death"] and (res.tests["status"] == "ok").all()
+    # at the last time, per period, CIF(discharge) + CIF(death) = 1 (nobody censored)
+    last = res.cif.sort_values("time").groupby(["group", "outcome"])["estimate"].last().groupby("group").sum()
+    np.testing.assert_allclose(last.to_numpy(), 1.0)
+    assert res.plot() is not None
+    with pytest.raises(ValueError, match="both pre and post"):
+        los_competing_risks(ep.assign(post=False))
