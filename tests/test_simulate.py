@@ -370,3 +370,50 @@ def test_short_or_empty_simulations_say_what_is_not_estimable(tmp_path):
     assert "no post-go-live episodes" in empty.truth["estimands"]["not_estimable"]["sam30_rr_post"]
     empty.write(tmp_path)
     assert len(derive_episodes(empty.episodes)) == 0
+
+
+def test_poisson_regression_recovers_the_true_risk_ratios(default_sim, default_derived):
+    """An independent estimator (statsmodels log-link Poisson GLM, realised site effects from truth.json
+    as offset) recovers every case-mix and process risk ratio of truth['mortality'], including the
+    true null huddle effect, within 4 standard errors."""
+    sm = pytest.importorskip("statsmodels.api")
+    d, truth = default_derived, default_sim.truth
+    cm, pr = truth["mortality"]["casemix_rr"], truth["mortality"]["process_rr"]
+    hours = np.where(d["minutes_to_antibiotic"].isna(), pr["antibiotic_hours_cap"],
+                     np.clip(d["minutes_to_antibiotic"] / 60, 0, pr["antibiotic_hours_cap"]))
+    columns = {
+        "critical_sepsis": (d["critical_sepsis"], cm["critical_sepsis"]),
+        "ccc": (np.minimum(d["ccc_count"], cm["ccc_cap"]), cm["ccc_per_condition"]),
+        "immunocompromised": (d["immunocompromised"], cm["immunocompromised"]),
+        "hospital_onset": (d["hospital_onset"], cm["hospital_onset"]),
+        **{f"onset_{k}": (d["onset_setting"].eq(k), cm[f"onset_{k}"]) for k in ("ward", "ICU", "heme_onc", "transplant")},
+        **{f"age_{k}": (d["age_group"].eq(k), cm[f"age_{k}"]) for k in ("<1", "5-12", "13+")},
+        "antibiotic_per_hour": (hours, pr["antibiotic_per_hour"]),
+        "fluid_60": (d["fluid_60"], pr["fluid_60"]),
+        "order_set": (d["order_set"], pr["order_set"]),
+        "screen_positive": (d["screen_positive"], pr["screen_positive"]),
+        "huddle": (d["huddle"], pr["huddle"]),
+        "years": ((d["time_zero"] - pd.Timestamp("2016-01-01")) / pd.Timedelta(days=365.25),
+                  truth["mortality"]["secular_trend_rr_per_year"]),
+        "ramp": (default_sim.latent["ramp"].to_numpy(), truth["mortality"]["post_direct_rr"]),
+    }
+    X = sm.add_constant(pd.DataFrame({k: np.asarray(v[0], dtype=float) for k, v in columns.items()}))
+    site_effect = {s["site_id"]: s["sam30_log_rr_site_effect"] for s in truth["sites"]}
+    fit = sm.GLM(d["sam30"].astype(float), X, family=sm.families.Poisson(),
+                 offset=d["site_id"].map(site_effect).to_numpy()).fit()
+    for name, (_, rr) in columns.items():
+        est, se = fit.params[name], fit.bse[name]
+        assert abs(est - np.log(rr)) < Z * se, (name, np.exp(est), rr, se)
+    assert fit.bse["huddle"] < 0.06  # power: a 12% huddle effect would be detected
+    assert abs(fit.params["const"] - np.log(truth["mortality"]["baseline_sam30"])) < Z * fit.bse["const"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_other_seeds_and_dense_sites_stay_valid(seed):
+    """Orderings and contract rules hold for other seeds and very busy sites (validator accepts all rows)."""
+    validate = pytest.importorskip("analysis.validate")
+    sim = simulate_collaborative(seed=seed, sites=3, months=30, episodes_per_site_month=60)
+    result = validate.validate_frames(sim.episodes, sim.sites, sim.site_months)
+    assert result.summary["rows_quarantined"] == 0, result.summary["rules"]
+    ep = sim.episodes
+    assert (ep["arrival_time"] <= ep["time_zero"]).all() and (ep["time_zero"] <= ep["discharge_time"]).all()
