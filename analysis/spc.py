@@ -185,17 +185,27 @@ class ControlChart:
 
     @property
     def caption(self) -> str:
-        rule = R.RULE_CAPTIONS[self.rules]
-        if self.rules == "anhoej" and self.chart != "run":
-            rule += " + Shewhart 3-sigma limits"
+        """Caption naming the chart, the rule set and what it found, per part."""
+        text = f"{self.chart_name}. Signal rules: {R.rule_caption(self.rules, self.chart)}."
         parts = []
+        d = self.data
         for row in self.runs.itertuples():
-            if row.n_useful:
+            g = d[d["part"] == row.part]
+            if self.rules == "anhoej" and row.n_useful:
                 parts.append(
                     f"part {row.part}: longest run {row.longest_run} (limit {row.longest_run_max}),"
                     f" crossings {row.n_crossings} (min {row.n_crossings_min})"
                 )
-        text = f"{self.chart_name}. Signal rules: {rule}."
+            elif self.rules == "ihi":
+                found = [f"{lab} {int(g[c].sum())} pt" for c, lab in
+                         (("sigma_signal", "outside limits"), ("shift", "shift"), ("trend", "trend"),
+                          ("two_of_three", "2 of 3"), ("hugging", "hugging"))
+                         if g[c].any()]
+                if self.chart == "run" and row.n_runs is not None and row.runs_min is not None:
+                    found.append(f"{row.n_runs} runs (expected {row.runs_min}-{row.runs_max})")
+                parts.append(f"part {row.part}: " + (", ".join(found) if found else "no signal"))
+            elif self.rules == "shewhart":
+                parts.append(f"part {row.part}: {int(g['sigma_signal'].sum())} point(s) outside limits")
         if parts:
             text += " " + "; ".join(parts) + "."
         if self.detected_breaks:
@@ -231,6 +241,11 @@ class ControlChart:
                     "runs_signal": r["runs_signal"],
                     "n_outside_limits": int(g["sigma_signal"].sum()),
                     "n_signal_points": int(g["signal"].sum()),
+                    **(
+                        {f"n_{c}": int(g[c].sum()) for c in
+                         ("shift", "trend", "two_of_three", "hugging", "runs_count")}
+                        if self.rules == "ihi" else {}
+                    ),
                 }
             )
         return pd.DataFrame(rows)
@@ -284,6 +299,8 @@ class ControlChart:
         if excl.any():
             ax.scatter(xs[excl], d["y"][excl], facecolors="white", edgecolors=PALETTE["observed"],
                        s=size, zorder=4, label="excluded")
+        if not compact and (outside.any() or rule_pts.any() or excl.any()):
+            ax.legend(loc="best", fontsize=7, frameon=True)
         if not isinstance(xs, np.ndarray):  # dates: concise labels, few ticks in small multiples
             import matplotlib.dates as mdates
 
@@ -333,9 +350,7 @@ class FacetedCharts:
     @property
     def caption(self) -> str:
         first = next(iter(self.charts.values()), None)
-        rule = R.RULE_CAPTIONS[self.rules]
-        if self.rules == "anhoej" and self.chart != "run":
-            rule += " + Shewhart 3-sigma limits"
+        rule = R.rule_caption(self.rules, self.chart)
         name = first.chart_name if first else CHART_NAMES[self.chart]
         txt = f"{name} per {self.facet}. Signal rules: {rule}."
         if self.failed:

@@ -43,8 +43,21 @@ RULE_SETS = ("anhoej", "shewhart", "ihi")
 RULE_CAPTIONS = {
     "anhoej": "Anhøj rules (longest run > round(log2 n) + 3; crossings < qbinom(0.05, n-1, 0.5))",
     "shewhart": "Shewhart rule (points outside 3-sigma limits)",
-    "ihi": "IHI / Provost-Murray rules",
+    "ihi": "IHI / Provost-Murray rules (point outside limits; 8+ points on one side; trend of 6;"
+    " 2 of 3 beyond 2 sigma; 15 within 1 sigma)",
+    "ihi_run": "IHI / Provost-Murray run-chart rules (shift of 6+; trend of 5+; too few or too many"
+    " runs; astronomical point not automated)",
 }
+
+
+def rule_caption(rules: str, chart: str) -> str:
+    """Readable name of the rule set used on a chart (for captions)."""
+    if rules == "ihi" and chart == "run":
+        return RULE_CAPTIONS["ihi_run"]
+    text = RULE_CAPTIONS[rules]
+    if rules == "anhoej" and chart != "run":
+        text += " + Shewhart 3-sigma limits"
+    return text
 
 
 def check_rules(rules: str) -> str:
