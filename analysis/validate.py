@@ -103,7 +103,8 @@ def schema(table: str):
     import pandera.pandas as pa_
 
     dtypes = {
-        "id": str, "string": str, "category": str, "bool": bool, "int": "int64", "float": "float64",
+        # str columns are checked as object dtype (pandera's `str` check maps every element in Python)
+        "id": object, "string": object, "category": object, "bool": bool, "int": "int64", "float": "float64",
         "datetime": "datetime64[ns]", "date": "datetime64[ns]", "month": "datetime64[ns]",
     }
     columns = {}
@@ -369,7 +370,11 @@ def _check_number(t: _Table, f: Field, num: pd.Series, skip: np.ndarray):
 
 def _parse_datetime(t: _Table, f: Field, strings: pd.Series, empty: np.ndarray):
     naive = _np_bool(strings.str.fullmatch(_NAIVE_DATETIME))
-    other_iso = _np_bool(strings.str.fullmatch(_AWARE_DATETIME) | strings.str.fullmatch(_DATE)) & ~naive
+    other_iso = np.zeros(len(strings), dtype=bool)
+    rest = ~naive & ~empty  # only these can be in another ISO form (usually none: skip the regexes)
+    if rest.any():
+        sub = strings[rest]
+        other_iso[rest] = _np_bool(sub.str.fullmatch(_AWARE_DATETIME) | sub.str.fullmatch(_DATE))
     parsed = pd.to_datetime(strings.where(naive, None), format="ISO8601", errors="coerce")
     parsed = parsed.astype("datetime64[ns]")
     ok = parsed.notna().to_numpy()
@@ -599,8 +604,8 @@ def frame_hash(frames: Iterable[tuple[str, pd.DataFrame]]) -> str:
             s = df[c]
             if pd.api.types.is_datetime64_any_dtype(s.dtype):
                 s = s.astype("datetime64[ns]")
-            elif s.dtype == object or isinstance(s.dtype, (pd.StringDtype, pd.ArrowDtype, pd.CategoricalDtype)):
-                s = s.astype(object).where(s.notna(), None)
+            elif isinstance(s.dtype, (pd.StringDtype, pd.ArrowDtype, pd.CategoricalDtype)):
+                s = s.astype(object)
             h.update(pd.util.hash_pandas_object(s, index=False).to_numpy().tobytes())
     return h.hexdigest()
 
