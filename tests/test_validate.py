@@ -365,3 +365,12 @@ def test_garbage_values_in_any_column(values, column):
     r = validate_frames(ep, raw("sites"), raw("site_months"))
     reconciles(r.summary)
     assert r.summary["files"]["episodes"]["rows_accepted"] >= N_GOOD["episodes"] - len(values)
+
+
+def test_readme_documents_every_field_and_rule():
+    from analysis.derive import DERIVED_COLUMNS
+
+    text = (GOOD.parents[1] / "README.md").read_text()
+    names = [f.name for fields in contract.TABLES.values() for f in fields]
+    for name in [*names, *DERIVED_COLUMNS, *RULES]:
+        assert f"`{name}`" in text, name
