@@ -374,3 +374,11 @@ def test_readme_documents_every_field_and_rule():
     names = [f.name for fields in contract.TABLES.values() for f in fields]
     for name in [*names, *DERIVED_COLUMNS, *RULES]:
         assert f"`{name}`" in text, name
+
+
+def test_bom_and_crlf_are_accepted(tmp_path):
+    d = extract(tmp_path)
+    text = (d / "episodes.csv").read_text()
+    (d / "episodes.csv").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    r = validate_collaborative(d)
+    assert r.quarantine.empty and r.data_hash == validate_collaborative(GOOD).data_hash
