@@ -281,7 +281,8 @@ def test_binary_garbage_parquet_is_fatal(tmp_path):
     assert "unreadable" in err.value.message
 
 
-@pytest.mark.parametrize("problem", ["invalid_utf8", "directory", "ragged", "empty", "missing"])
+@pytest.mark.parametrize(
+    "problem", ["invalid_utf8", "directory", "ragged", "empty", "missing", "repeated_column"])
 def test_unreadable_files_are_fatal(tmp_path, problem):
     d = extract(tmp_path)
     target = d / "site_months.csv"
@@ -294,6 +295,8 @@ def test_unreadable_files_are_fatal(tmp_path, problem):
         target.write_text(target.read_text() + "S01,2017-03,10,extra\n")
     elif problem == "empty":
         target.write_text("")
+    elif problem == "repeated_column":
+        target.write_text("site_id,month,admissions,month\nS01,2016-12,5,2016-12\n")
     else:
         target.unlink()
     with pytest.raises(DataContractError) as err:
