@@ -780,6 +780,42 @@ def fit_its(
     slope_change: include the change-in-slope term (centred at go-live).
     alpha: 1 - confidence level.
     """
+    return _fit_its(
+        data,
+        outcome,
+        time=time,
+        intervention=intervention,
+        family=family,
+        exposure=exposure,
+        trials=trials,
+        seasonality=seasonality,
+        autocorrelation=autocorrelation,
+        hac_lags=hac_lags,
+        transition=transition,
+        slope_change=slope_change,
+        alpha=alpha,
+    )
+
+
+def _fit_its(
+    data: pd.DataFrame,
+    outcome: str,
+    *,
+    time: str,
+    intervention: Any,
+    family: Family = "poisson",
+    exposure: str | None = None,
+    trials: str | None = None,
+    seasonality: int = 0,
+    autocorrelation: Autocorrelation = "hac",
+    hac_lags: int | None = None,
+    transition: int = 0,
+    slope_change: bool = True,
+    alpha: float = 0.05,
+    check_gaps: bool = True,
+) -> ITSResult:
+    """Implementation of :func:`fit_its`; ``check_gaps=False`` (used by :func:`fit_its_by_site`)
+    allows months missing from the series."""
     if autocorrelation not in ("none", "hac", "ar1"):
         raise ValueError(f"autocorrelation must be 'none', 'hac' or 'ar1', got {autocorrelation!r}")
     if not 0 < alpha < 1:
@@ -795,6 +831,7 @@ def fit_its(
         seasonality=seasonality,
         transition=transition,
         slope_change=slope_change,
+        check_gaps=check_gaps,
     )
     X_all = design.X
     fm = design.fit_mask
@@ -1020,12 +1057,15 @@ class MultisiteITSResult:
     n_sites: int
     n_obs: int
     excluded_sites: pd.DataFrame
+    n_zero_exposure_months: int
     alpha: float
     event_window: tuple[int, int]
     outcome: str
     params: pd.Series = field(default=None, repr=False)
     cov: pd.DataFrame = field(default=None, repr=False)
     _event_study: pd.DataFrame = field(default=None, repr=False)
+    converged: bool = True
+    transition: int = 0
 
     @property
     def scale(self) -> str:
@@ -1081,9 +1121,20 @@ class MultisiteITSResult:
         return pd.DataFrame(rows)
 
     def plot_event_study(self, ax=None, title: str | None = None):
-        """Event-study plot: estimate and CI by month since go-live; reference month -1."""
-        es = self._event_study
+        """Event-study plot: estimate and CI by month since go-live (reference: month -1 or the
+        pre-period, drawn as the horizontal line); shaded: transition months. Returns Axes."""
+        full = self._event_study
+        es = full[full["event_time"] != "pre"].astype({"event_time": int})
+        ref_label = "pre-period" if (full["event_time"] == "pre").any() else "month -1"
         ax = new_axes(ax)
+        if self.transition > 0:
+            ax.axvspan(
+                -0.5,
+                self.transition - 0.5,
+                color=PALETTE["limit"],
+                alpha=0.12,
+                label="transition (excluded from segmented model)",
+            )
         ref = 1.0 if _natural_scale(self.family)[1] else 0.0
         ax.axhline(ref, color=PALETTE["limit"], lw=1)
         ax.axvline(-0.5, color=PALETTE["limit"], ls="--", lw=1)
@@ -1100,7 +1151,7 @@ class MultisiteITSResult:
         if _natural_scale(self.family)[1]:
             ax.set_yscale("log")
         ax.set_xlabel("months since go-live")
-        ax.set_ylabel(f"{self.scale} vs month -1")
+        ax.set_ylabel(f"{self.scale} vs {ref_label}")
         ax.set_title(title or f"Event study: {self.outcome}")
         return ax
 
@@ -1124,6 +1175,137 @@ def _event_time(
     return tidx, gidx, cal, is_date
 
 
+def _irls(
+    y: np.ndarray,
+    X: np.ndarray,
+    offset: np.ndarray | None,
+    family: str,
+    trials: np.ndarray | None,
+    maxiter: int = 100,
+    tol: float = 1e-10,
+) -> dict[str, Any]:
+    """Canonical-link GLM by iteratively reweighted least squares with Cholesky solves
+    (Poisson/quasi-Poisson: log link; binomial: logit; Gaussian: identity). Returns beta, the
+    fitted means, the Fisher weights, the unscaled bread ``(X'WX)^-1`` and per-row scores."""
+    n, p = X.shape
+    off = np.zeros(n) if offset is None else offset
+    if family == "gaussian":
+        A = X.T @ X
+        beta = np.linalg.solve(A, X.T @ (y - off))
+        mu = X @ beta + off
+        w = np.ones(n)
+        converged, it = True, 1
+    else:
+        if family == "binomial":
+            p0 = (y + 0.5) / (trials + 1.0)
+            eta = np.log(p0 / (1 - p0))
+        else:
+            eta = np.log(y + 0.5)
+        beta = np.zeros(p)
+        dev_old = np.inf
+        converged, it = False, 0
+        for it in range(1, maxiter + 1):
+            if family == "binomial":
+                pr = 1 / (1 + np.exp(-eta))
+                mu = trials * pr
+                w = trials * pr * (1 - pr)
+            else:
+                mu = np.exp(eta)
+                w = mu
+            zwork = eta - off + (y - mu) / np.maximum(w, 1e-300)
+            A = X.T @ (X * w[:, None])
+            try:
+                c = np.linalg.cholesky(A)
+                beta = np.linalg.solve(c.T, np.linalg.solve(c, X.T @ (w * zwork)))
+            except np.linalg.LinAlgError:
+                beta = np.linalg.lstsq(A, X.T @ (w * zwork), rcond=None)[0]
+            eta = X @ beta + off
+            if family == "binomial":
+                pr = 1 / (1 + np.exp(-eta))
+                mu = trials * pr
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    t1 = np.where(y > 0, y * np.log(y / mu), 0.0)
+                    t2 = np.where(
+                        trials - y > 0, (trials - y) * np.log((trials - y) / (trials - mu)), 0.0
+                    )
+                dev = 2 * np.sum(t1 + t2)
+            else:
+                mu = np.exp(eta)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    dev = 2 * np.sum(np.where(y > 0, y * np.log(y / mu), 0.0) - (y - mu))
+            if abs(dev - dev_old) < tol * (abs(dev) + 0.1):
+                converged = True
+                break
+            dev_old = dev
+        if family == "binomial":
+            pr = 1 / (1 + np.exp(-eta))
+            w = trials * pr * (1 - pr)
+        else:
+            w = mu
+        A = X.T @ (X * w[:, None])
+    bread = np.linalg.inv(A)
+    resid = y - mu
+    scores = X * resid[:, None]  # canonical link: score_i = x_i (y_i - E y_i)
+    if family == "gaussian":
+        var = np.ones(n)
+    elif family == "binomial":
+        var = w
+    else:
+        var = mu
+    pearson = resid / np.sqrt(np.maximum(var, 1e-300))
+    return {
+        "beta": beta,
+        "mu": mu,
+        "w": w,
+        "bread": bread,
+        "scores": scores,
+        "resid": resid,
+        "pearson": pearson,
+        "converged": converged,
+        "iterations": it,
+    }
+
+
+def _bartlett_meat(h: np.ndarray, lags: int) -> np.ndarray:
+    """Newey-West meat for a (T x p) series of summed scores h."""
+    meat = h.T @ h
+    for lag in range(1, lags + 1):
+        wgt = 1 - lag / (lags + 1)
+        g = h[lag:].T @ h[:-lag]
+        meat += wgt * (g + g.T)
+    return meat
+
+
+def _multisite_cov(
+    fit: dict[str, Any], se: str, family: str, groups: np.ndarray, tcodes: np.ndarray, lags: int
+) -> np.ndarray:
+    bread, S = fit["bread"], fit["scores"]
+    n, p = S.shape
+    if se == "model":
+        if family in ("quasipoisson", "gaussian"):
+            phi = float(np.sum(fit["pearson"] ** 2) / (n - p))
+            if family == "gaussian":
+                phi = float(np.sum(fit["resid"] ** 2) / (n - p))
+            return bread * phi
+        return bread
+    if se == "cluster":
+        G = int(groups.max()) + 1
+        hs = np.zeros((G, p))
+        np.add.at(hs, groups, S)
+        meat = hs.T @ hs * (G / (G - 1))
+    elif se == "driscoll_kraay":
+        T = int(tcodes.max()) + 1
+        ht = np.zeros((T, p))
+        np.add.at(ht, tcodes, S)
+        meat = _bartlett_meat(ht, lags)
+    else:  # panel_hac: HAC within each site (rows sorted by site, time)
+        meat = np.zeros((p, p))
+        bounds = np.flatnonzero(np.diff(groups)) + 1
+        for block in np.split(np.arange(n), bounds):
+            meat += _bartlett_meat(S[block], min(lags, max(len(block) - 1, 0)))
+    return bread @ meat @ bread
+
+
 def fit_its_multisite(
     data: pd.DataFrame,
     outcome: str,
@@ -1137,6 +1319,7 @@ def fit_its_multisite(
     seasonality: int = 0,
     se: Literal["cluster", "driscoll_kraay", "panel_hac", "model"] = "cluster",
     event_window: tuple[int, int] = (-12, 24),
+    event_reference: Literal["-1", "pre"] = "-1",
     site_trends: bool = True,
     slope_change: bool = True,
     transition: int = 0,
@@ -1146,17 +1329,29 @@ def fit_its_multisite(
     """Pooled segmented regression across sites with staggered go-live.
 
     Model (link per ``family``): site intercepts + site-specific linear trends (pre-trends;
-    ``site_trends=False`` gives one common trend) + ``level_change`` (post go-live) +
-    ``slope_change`` (months since go-live, post) [+ calendar-month Fourier terms]. Event time is
-    months since each site's own go-live (``go_live`` column, first post month). All months are
-    used for the segmented model; ``event_window`` defines the event study (a separate model with
-    event-time dummies relative to month -1, months beyond the window binned into the
-    endpoints, no post slope/level terms).
+    ``site_trends=False``: one common trend) + ``level_change`` (post go-live) + ``slope_change``
+    (months since go-live, post) [+ calendar-month Fourier terms] [+ log offset ``exposure``].
+    Event time = months since each site's own go-live (``go_live`` column: first post month; 0 =
+    go-live month). All months are used, except ``transition`` months from go-live (phase-in),
+    which are left out of the segmented model (so ``level_change`` is then the effect after the
+    phase-in).
 
-    ``se``: ``"cluster"`` (cluster-robust by site), ``"driscoll_kraay"`` (HAC of cross-site sums
-    per calendar month; statsmodels ``hac-groupsum``), ``"panel_hac"`` (HAC within site;
-    ``hac-panel``) or ``"model"``. Sites with no events in ``outcome`` cannot inform a
-    log-link model with site intercepts; they are excluded and listed in ``excluded_sites``.
+    Event study (:meth:`MultisiteITSResult.event_study`): a second model with the same site
+    terms and event-time dummies over ``event_window`` (months beyond it binned into the
+    endpoints), relative to month -1 (``event_reference="-1"``) or to all pre-go-live months
+    (``"pre"``: dummies for post months only, more stable with sparse counts); all months are
+    used, transition included.
+
+    ``se``: ``"cluster"`` (cluster-robust by site, small-sample factor G/(G-1)),
+    ``"driscoll_kraay"`` (Newey-West on cross-site score sums per calendar month),
+    ``"panel_hac"`` (Newey-West within site, summed over sites) or ``"model"`` (model-based;
+    quasi-Poisson/Gaussian scaled by Pearson chi2/df). HAC lag ``hac_lags`` or
+    :func:`newey_west_lags` of the number of calendar months. Intervals are Wald (z).
+
+    Fitting is by IRLS with Cholesky solves (canonical links). Sites with no events (count
+    families), fewer than 3 pre months or no post months are excluded and listed in
+    ``excluded_sites``; site-months with zero exposure and no events are left out and counted
+    in ``n_zero_exposure_months``.
     """
     _require_columns(
         data,
@@ -1171,20 +1366,28 @@ def fit_its_multisite(
     )
     if family not in FAMILIES or family == "negbin":
         raise ValueError(
-            f"family for fit_its_multisite must be one of poisson, quasipoisson, binomial, "
+            "family for fit_its_multisite must be one of poisson, quasipoisson, binomial, "
             f"gaussian (cluster-robust SEs already allow overdispersion); got {family!r}"
         )
     if se not in ("cluster", "driscoll_kraay", "panel_hac", "model"):
         raise ValueError(
             f"se must be 'cluster', 'driscoll_kraay', 'panel_hac' or 'model', got {se!r}"
         )
-    lo, hi = event_window
+    if str(event_reference) not in ("-1", "pre"):
+        raise ValueError(f"event_reference must be '-1' or 'pre', got {event_reference!r}")
+    lo, hi = (int(v) for v in event_window)
     if not (lo < -1 < 0 <= hi):
         raise ValueError(f"event_window must satisfy lo < -1 and hi >= 0, got {event_window}")
     if family == "binomial" and trials is None:
         raise ValueError("family='binomial' needs a trials column")
+    if family != "binomial" and trials is not None:
+        raise ValueError("trials is only used with family='binomial'")
     if exposure is not None and family not in COUNT_FAMILIES:
         raise ValueError("exposure (log offset) is only used with count families")
+    if int(transition) != transition or transition < 0:
+        raise ValueError(f"transition must be a non-negative integer, got {transition!r}")
+    if int(seasonality) != seasonality or not 0 <= seasonality <= 6:
+        raise ValueError(f"seasonality must be an integer in 0..6, got {seasonality!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     df = data.copy()
@@ -1194,7 +1397,6 @@ def fit_its_multisite(
     tidx, gidx, _cal, is_date = _event_time(df, time, go_live)
     df["_t"], df["_e"] = tidx, tidx - gidx
     df = df.sort_values([site, "_t"], kind="stable").reset_index(drop=True)  # panel order
-    # per-site checks: duplicates, gaps
     for s, g in df.groupby(site, sort=False):
         _check_consecutive(g["_t"].to_numpy(), is_date, time, where=f" for site {s!r}")
         if g[go_live].nunique() != 1:
@@ -1202,14 +1404,20 @@ def fit_its_multisite(
     y = pd.to_numeric(df[outcome], errors="coerce").to_numpy(dtype=float)
     tr = pd.to_numeric(df[trials], errors="coerce").to_numpy(dtype=float) if trials else None
     _check_outcome(y, family, outcome, tr)
+    df["_y"] = y
+    n_zero_exposure = 0
     if exposure is not None:
         ex = pd.to_numeric(df[exposure], errors="coerce").to_numpy(dtype=float)
-        if not np.all(np.isfinite(ex)) or np.any(ex <= 0):
+        if not np.all(np.isfinite(ex)) or np.any(ex < 0):
             raise ValueError(
-                f"exposure {exposure!r} must be positive and finite in every site-month"
+                f"exposure {exposure!r} must be non-negative and finite in every site-month"
             )
-    df["_y"] = y
-    # exclusions
+        zero = ex == 0
+        if np.any(zero & (y > 0)):
+            raise ValueError(f"exposure {exposure!r} is 0 in site-months with events")
+        # zero exposure and no events: mean 0, nothing to the likelihood; left out and counted
+        n_zero_exposure = int(zero.sum())
+        df = df[~zero].reset_index(drop=True)
     excl = []
     for s, g in df.groupby(site, sort=False):
         npre, npost = int((g["_e"] < 0).sum()), int((g["_e"] >= transition).sum())
@@ -1217,73 +1425,56 @@ def fit_its_multisite(
             excl.append((s, f"too_few_pre_months: {npre}"))
         elif npost < 1:
             excl.append((s, "no_post_period"))
-        elif family in COUNT_FAMILIES + ("binomial",) and g["_y"].sum() == 0:
+        elif family in (*COUNT_FAMILIES, "binomial") and g["_y"].sum() == 0:
             excl.append((s, "no_events"))
     excluded = pd.DataFrame(excl, columns=["site", "reason"])
-    keep = ~df[site].isin(excluded["site"])
-    df = df[keep].reset_index(drop=True)
+    df = df[~df[site].isin(excluded["site"])].reset_index(drop=True)
     if df[site].nunique() < 2:
         raise ValueError(
             f"fewer than 2 sites can be fitted (excluded: {excluded.to_dict('records')})"
         )
-    # drop transition months
-    df = df[~((df["_e"] >= 0) & (df["_e"] < transition))].reset_index(drop=True)
-    y = df["_y"].to_numpy()
-    tr = pd.to_numeric(df[trials]).to_numpy(dtype=float) if trials else None
-    off = np.log(pd.to_numeric(df[exposure]).to_numpy(dtype=float)) if exposure else None
-    sites = pd.Categorical(df[site])
-    t_c = (df["_t"] - df["_t"].mean()).to_numpy(dtype=float) / 12.0  # years, centred
-    cal_src = (pd.Series(_time_index(df[time], time)[1]) if is_date else df["_t"]).to_numpy(
-        dtype=float
-    )
-    base = pd.get_dummies(sites, prefix="site", dtype=float)
-    base.columns = [f"site[{c}]" for c in sites.categories]
-    if site_trends:
-        trend = base.mul(t_c, axis=0)
-        trend.columns = [f"trend[{c}]" for c in sites.categories]
-    else:
-        trend = pd.DataFrame({"trend": t_c})
-    seas = pd.DataFrame(_fourier(cal_src, seasonality))
-    post = (df["_e"] >= 0).to_numpy(dtype=float)
+    L = hac_lags if hac_lags is not None else newey_west_lags(int(df["_t"].nunique()))
+    if L < 0:
+        raise ValueError(f"hac_lags must be >= 0, got {hac_lags}")
+    z = _z(alpha)
+    scale_name, expo = _natural_scale(family)
+    trf = math.exp if expo else (lambda v: v)
 
-    def _fit(X: pd.DataFrame):
-        if family == "binomial":
-            endog = np.column_stack([y, tr - y])
-            fam = sm.families.Binomial()
-        elif family == "gaussian":
-            endog, fam = y, sm.families.Gaussian()
+    def site_terms(d: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        sites = pd.Categorical(d[site])
+        base = pd.get_dummies(sites, dtype=float)
+        base.columns = [f"site[{c}]" for c in sites.categories]
+        t_c = (d["_t"].to_numpy(dtype=float) - float(df["_t"].mean())) / 12.0  # years, centred
+        if site_trends:
+            trend = base.mul(t_c, axis=0)
+            trend.columns = [f"trend[{c}]" for c in sites.categories]
         else:
-            endog, fam = y, sm.families.Poisson()
-        model = sm.GLM(endog, X, family=fam, offset=off)
-        groups = sites.codes
-        L = hac_lags if hac_lags is not None else newey_west_lags(int(df["_t"].nunique()))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if se == "cluster":
-                r = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
-            elif se == "driscoll_kraay":
-                tcodes = pd.factorize(df["_t"], sort=True)[0]
-                r = model.fit(cov_type="hac-groupsum", cov_kwds={"time": tcodes, "maxlags": L})
-            elif se == "panel_hac":
-                order = np.lexsort((df["_t"].to_numpy(), groups))
-                if not np.all(order == np.arange(len(order))):
-                    raise RuntimeError("internal: panel not sorted")
-                r = model.fit(cov_type="hac-panel", cov_kwds={"groups": groups, "maxlags": L})
-            else:
-                r = model.fit(scale="X2" if family in ("quasipoisson", "gaussian") else None)
-        return r
+            trend = pd.DataFrame({"trend": t_c})
+        cal = _time_index(d[time], time)[1] if is_date else d["_t"].to_numpy()
+        seas = pd.DataFrame(_fourier(np.asarray(cal, dtype=float), seasonality))
+        return pd.concat([base, trend, seas], axis=1), sites.codes
 
-    X = pd.concat([base, trend, seas], axis=1)
+    def fit_cov(d: pd.DataFrame, X: pd.DataFrame, groups: np.ndarray):
+        yy = d["_y"].to_numpy(dtype=float)
+        off = np.log(pd.to_numeric(d[exposure]).to_numpy(dtype=float)) if exposure else None
+        tt = pd.to_numeric(d[trials]).to_numpy(dtype=float) if trials else None
+        fit = _irls(yy, X.to_numpy(dtype=float), off, family, tt)
+        tcodes = pd.factorize(d["_t"], sort=True)[0]
+        cov = _multisite_cov(fit, se, family, np.asarray(groups), tcodes, L)
+        return fit, pd.DataFrame(cov, index=X.columns, columns=X.columns)
+
+    # segmented model (transition months left out)
+    dseg = df[~((df["_e"] >= 0) & (df["_e"] < transition))].reset_index(drop=True)
+    X, groups = site_terms(dseg)
+    post = (dseg["_e"] >= 0).to_numpy(dtype=float)
     X[LEVEL] = post
     if slope_change:
-        X[SLOPE] = df["_e"].to_numpy(dtype=float) * post
-    res = _fit(X)
-    params = pd.Series(np.asarray(res.params), index=X.columns)
-    cov = pd.DataFrame(np.asarray(res.cov_params()), index=X.columns, columns=X.columns)
-    z = _z(alpha)
-    keep_terms = [c for c in X.columns if not (c.startswith(("site[", "trend")))]
-    sev = np.sqrt(np.diag(cov.loc[keep_terms, keep_terms]))
+        X[SLOPE] = dseg["_e"].to_numpy(dtype=float) * post
+    fit, cov = fit_cov(dseg, X, groups)
+    params = pd.Series(fit["beta"], index=X.columns)
+    keep_terms = [c for c in X.columns if not c.startswith(("site[", "trend"))]
     est = params[keep_terms].to_numpy()
+    sev = np.sqrt(np.diag(cov.loc[keep_terms, keep_terms].to_numpy()))
     coef = pd.DataFrame(
         {
             "term": keep_terms,
@@ -1295,10 +1486,8 @@ def fit_its_multisite(
             "p": 2 * stats.norm.sf(np.abs(est / sev)),
         }
     )
-    scale_name, expo = _natural_scale(family)
-    trf = math.exp if expo else (lambda v: v)
 
-    def eff(term):
+    def eff(term: str) -> EffectSize:
         r = coef.set_index("term").loc[term]
         return EffectSize(
             name=term,
@@ -1311,25 +1500,27 @@ def fit_its_multisite(
             scale=scale_name,
         )
 
-    # event study
+    # event study (all months)
+    Xe, ge = site_terms(df)
     e = df["_e"].to_numpy()
     e_b = np.clip(e, lo, hi)
-    levels = [k for k in range(lo, hi + 1) if k != -1]
+    first = 0 if str(event_reference) == "pre" else lo
+    levels = [k for k in range(first, hi + 1) if k != -1]
     ev = pd.DataFrame({f"e[{k}]": (e_b == k).astype(float) for k in levels})
     ev = ev.loc[:, ev.sum() > 0]
-    Xe = pd.concat([base, trend, seas, ev], axis=1)
-    res_e = _fit(Xe)
-    pe = pd.Series(np.asarray(res_e.params), index=Xe.columns)
-    ce = pd.DataFrame(np.asarray(res_e.cov_params()), index=Xe.columns, columns=Xe.columns)
+    Xe = pd.concat([Xe, ev], axis=1)
+    fit_e, ce = fit_cov(df, Xe, ge)
+    pe = pd.Series(fit_e["beta"], index=Xe.columns)
+    ref_mask = (e_b == -1) if str(event_reference) == "-1" else (e_b < 0)
     rows = [
         {
-            "event_time": -1,
+            "event_time": -1 if str(event_reference) == "-1" else "pre",
             "estimate": trf(0.0),
             "ci_low": trf(0.0),
             "ci_high": trf(0.0),
             "link_estimate": 0.0,
             "link_se": 0.0,
-            "n_obs": int((e_b == -1).sum()),
+            "n_obs": int(ref_mask.sum()),
             "reference": True,
         }
     ]
@@ -1348,9 +1539,11 @@ def fit_its_multisite(
                 "reference": False,
             }
         )
-    es = pd.DataFrame(rows).sort_values("event_time").reset_index(drop=True)
-    es["binned_endpoint"] = es["event_time"].isin([lo, hi]) & (
-        ((es["event_time"] == lo) & (e < lo).any()) | ((es["event_time"] == hi) & (e > hi).any())
+    es = pd.DataFrame(rows)
+    es["_order"] = [(-1 if v == "pre" else v) for v in es["event_time"]]
+    es = es.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    es["binned_endpoint"] = ((es["event_time"] == lo) & bool((e < lo).any())) | (
+        (es["event_time"] == hi) & bool((e > hi).any())
     )
     return MultisiteITSResult(
         coefficients=coef,
@@ -1358,15 +1551,18 @@ def fit_its_multisite(
         slope_change=eff(SLOPE) if slope_change else None,
         family=family,
         se_type=se,
-        n_sites=int(sites.categories.size),
-        n_obs=len(df),
+        n_sites=int(dseg[site].nunique()),
+        n_obs=len(dseg),
         excluded_sites=excluded,
+        n_zero_exposure_months=n_zero_exposure,
         alpha=alpha,
         event_window=(lo, hi),
         outcome=outcome,
         params=params,
         cov=cov,
         _event_study=es,
+        converged=bool(fit["converged"] and fit_e["converged"]),
+        transition=int(transition),
     )
 
 
@@ -1412,6 +1608,7 @@ def fit_its_by_site(
             "estimate": np.nan,
             "ci_low": np.nan,
             "ci_high": np.nan,
+            "zero_exposure_months": 0,
         }
         if len(gl_vals) != 1:
             row["status"] = "error: go_live missing or not unique"
@@ -1426,26 +1623,49 @@ def fit_its_by_site(
             row["status"] = "no_post_period"
             rows.append(row)
             continue
-        if fam in COUNT_FAMILIES + ("binomial",) and row["events"] < min_events:
+        counts = fam in (*COUNT_FAMILIES, "binomial")
+        yv = pd.to_numeric(g[outcome], errors="coerce").to_numpy(dtype=float)
+        if counts and row["events"] < min_events:
             row["status"] = f"too_few_events: {int(row['events'])} events"
             rows.append(row)
             continue
+        if counts and (np.nansum(yv[tidx < t0]) == 0 or np.nansum(yv[tidx >= t0]) == 0):
+            which = "before" if np.nansum(yv[tidx < t0]) == 0 else "after"
+            row["status"] = f"too_few_events: {int(row['events'])} events, none {which} go-live"
+            rows.append(row)
+            continue
+        gg = g
+        expo_col = fit_its_kwargs.get("exposure")
+        if expo_col is not None:
+            # months with zero exposure and no events carry no information (mean 0): left out
+            ex = pd.to_numeric(g[expo_col], errors="coerce").to_numpy(dtype=float)
+            drop = (ex == 0) & (yv == 0)
+            row["zero_exposure_months"] = int(drop.sum())
+            gg = g[~drop]
         try:
-            r = fit_its(g, outcome, time=time, intervention=gl, **fit_its_kwargs)
+            r = _fit_its(
+                gg,
+                outcome,
+                time=time,
+                intervention=gl,
+                check_gaps=expo_col is None,
+                **fit_its_kwargs,
+            )
+            z = _z(r.alpha)
             if months_after is None:
                 le, lse = r.level_change.link_estimate, r.level_change.link_se
             else:
                 e = r.effect_at(months_after)
-                le = math.log(e.relative) if expo else e.relative
-                z = _z(r.alpha)
-                lse = (
-                    (math.log(e.relative_high) - math.log(e.relative_low)) / (2 * z)
-                    if expo
-                    else (e.relative_high - e.relative_low) / (2 * z)
-                )
+                if expo:
+                    le = math.log(e.relative)
+                    lse = (math.log(e.relative_high) - math.log(e.relative_low)) / (2 * z)
+                else:
+                    if e.absolute is None:
+                        raise ValueError(f"month {months_after} after go-live is not in the data")
+                    le = e.absolute
+                    lse = (e.absolute_high - e.absolute_low) / (2 * z)
             if not (np.isfinite(le) and np.isfinite(lse) and lse > 0):
                 raise FloatingPointError("non-finite effect or SE (e.g. no events in one period)")
-            z = _z(r.alpha)
             tr = math.exp if expo else (lambda v: v)
             row.update(
                 n_pre=r.n_pre,
