@@ -334,10 +334,11 @@ def _coerce_column(t: _Table, f: Field) -> None:
         nonempty = int((~empty).sum())
         if nonempty and int(failed.sum()) == nonempty and nonempty >= min(FATAL_MIN_VALUES, t.n):
             example = t.raw[f.name][failed].iloc[0]
+            allowed = f"; allowed: {', '.join(f.allowed)}" if f.allowed else ""
             raise DataContractError(
                 t.file, f.name,
-                f"no value can be read as {kind} (e.g. {str(example)!r}); wrong column type "
-                f"({s.dtype})",
+                f"no value can be read as {kind} (e.g. {str(example)!r}{allowed}); wrong column "
+                f"type or coding ({s.dtype})",
             )
     t.typed[f.name] = typed
     t.empty[f.name] = empty
