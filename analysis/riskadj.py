@@ -236,7 +236,8 @@ def hosmer_lemeshow(y: np.ndarray, p: np.ndarray, groups: int = 10) -> dict[str,
 class CaseMixModel:
     """A fitted case-mix logistic regression for one SAM outcome.
 
-    Attributes: ``outcome``; ``covariates``; ``n`` episodes and ``events`` used for fitting;
+    Attributes: ``outcome``; ``covariates``; ``n`` episodes and ``events`` used for fitting
+    (``crude_rate`` = events / n);
     ``baseline_only``; ``c_statistic`` (in the fitting data); ``hosmer_lemeshow`` (dict: statistic,
     df, p_value); ``calibration`` (frame by decile of predicted risk); ``result`` (statsmodels GLM
     results); ``notes`` (diagnostics, e.g. levels without events).
@@ -253,6 +254,7 @@ class CaseMixModel:
     hosmer_lemeshow: dict
     calibration: pd.DataFrame
     unseen: str = "error"
+    crude_rate: float = float("nan")
     notes: list[str] = field(default_factory=list)
     pooled: dict = field(default_factory=dict)
 
@@ -334,6 +336,12 @@ def fit_casemix_model(
     if baseline_only:
         if "post" not in df:
             raise ValueError("baseline_only=True needs a 'post' column (run attach_sites first)")
+        undefined = df["post"].isna()
+        if "go_live" in df:
+            undefined |= df["go_live"].isna()
+        if undefined.any():
+            bad = sorted(df.loc[undefined, "site_id"].astype(str).unique()) if "site_id" in df else []
+            raise ValueError(f"'post' is undefined (no go-live date) for sites {bad}")
         df = df[~df["post"].astype(bool)]
         if df.empty:
             raise ValueError("no baseline (post == False) episodes to fit the case-mix model on")
@@ -364,7 +372,7 @@ def fit_casemix_model(
         outcome=outcome, covariates=covariates, terms=terms, result=res, n=len(y), events=events,
         baseline_only=baseline_only, c_statistic=c_statistic(y, p),
         hosmer_lemeshow=hosmer_lemeshow(y, p), calibration=calibration_table(y, p),
-        unseen=unseen, notes=notes,
+        unseen=unseen, crude_rate=events / len(y), notes=notes,
     )
 
 
@@ -402,8 +410,9 @@ def observed_expected(
     Columns: the `by` columns, ``episodes``, ``observed``, ``expected``, ``oe``,
     ``oe_exact_lower/upper`` (exact Poisson, Garwood), ``oe_byar_lower/upper`` (Byar),
     ``crude_rate``, ``expected_rate`` and ``ra_rate`` (+ exact CI) per `per` (100) episodes.
-    The risk-adjusted rate is O/E x `reference_rate`, which defaults to the crude rate of all
-    `episodes` passed in. ``by=None`` gives one row for all episodes.
+    The risk-adjusted rate is O/E x `reference_rate`, which defaults to the crude rate of the
+    model's fitting data (the collaborative's baseline), so rates are comparable across calls and
+    subsets. ``by=None`` gives one row for all episodes.
     """
     by = [by] if isinstance(by, str) else list(by or [])
     missing = [c for c in by if c not in episodes]
@@ -414,7 +423,7 @@ def observed_expected(
     for c in by:
         df[c] = episodes[c]
     if reference_rate is None:
-        reference_rate = float(y.mean())
+        reference_rate = model.crude_rate
     if by:
         g = df.groupby(by, observed=True, dropna=False).agg(
             episodes=("observed", "size"), observed=("observed", "sum"), expected=("expected", "sum")
@@ -659,7 +668,6 @@ def oe_over_time(
     df = episodes.assign(period=pd.to_datetime(time).dt.to_period(freq).dt.to_timestamp())
     if df["period"].nunique() < 2:
         raise ValueError("oe_over_time needs episodes in at least two periods")
-    reference = float(episodes[model.outcome].astype(float).mean())
     frames = []
     units = [("collaborative", df)]
     if site is not None:
@@ -668,7 +676,7 @@ def oe_over_time(
             raise ValueError(f"site {site!r} has no episodes")
         units.append((label if label is not None else str(site), sub))
     for name, d in units:
-        t = observed_expected(d, model, by=["period"], level=level, reference_rate=reference)
+        t = observed_expected(d, model, by=["period"], level=level)
         t.insert(0, "unit", name)
         frames.append(t)
     return pd.concat(frames, ignore_index=True)

@@ -324,3 +324,18 @@ def test_unseen_levels(episodes, model):
     ref = pooled_model.predict(episodes.head(50).assign(onset_setting="ED"))
     np.testing.assert_allclose(p, ref)  # pooled with the reference level (most common: ED)
     assert pooled_model.pooled == {"onset_setting": ["transplant"]}
+
+
+def test_missing_go_live_raises(episodes):
+    df = episodes.assign(go_live=pd.Timestamp("2017-01-01"))
+    df.loc[df["site_id"] == "3", "go_live"] = pd.NaT
+    with pytest.raises(ValueError, match=r"no go-live date.*'3'"):
+        ra.fit_casemix_model(df, "sam30")
+
+
+def test_risk_adjusted_rate_uses_baseline_crude_rate(model, episodes):
+    # ra_rate = O/E x crude rate of the fitting (baseline) data, per 100 episodes, for any subset
+    base = episodes[~episodes["post"]]
+    one = ra.observed_expected(episodes[episodes["site_id"] == "2"], model, by=None).iloc[0]
+    assert model.crude_rate == pytest.approx(base["sam30"].mean())
+    assert one["ra_rate"] == pytest.approx(one["oe"] * 100 * base["sam30"].mean())
