@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,19 @@ from analysis import riskadj as ra
 # ---------------------------------------------------------------------------------------------
 # O/E confidence intervals against published numbers
 # ---------------------------------------------------------------------------------------------
+
+
+PUBLISHED = Path(__file__).parent / "data" / "riskadj_published_ci.csv"
+
+
+@pytest.mark.parametrize("row", pd.read_csv(PUBLISHED).to_dict("records"), ids=lambda r: r["source"][:30])
+def test_ci_against_published_table(row):
+    # tests/data/riskadj_published_ci.csv: published O/E CIs with their sources
+    fn = ra.exact_poisson_ci if row["method"] == "exact" else ra.byar_ci
+    lo, hi = fn(row["observed"], row["expected"], row["level"])
+    assert float(hi) == pytest.approx(row["upper"], abs=row["abs_tol"])
+    if not np.isnan(row["lower"]):  # blank = not published
+        assert float(lo) == pytest.approx(row["lower"], abs=row["abs_tol"])
 
 
 def test_exact_poisson_ci_welsh_nickel_workers():
