@@ -52,7 +52,7 @@ from statsmodels.stats.diagnostic import acorr_ljungbox
 from statsmodels.tsa.stattools import acf
 
 from .plotting import PALETTE, new_axes
-from .pooling import PooledEstimate, random_effects
+from .pooling import PooledEstimate, plain_log_ticks, random_effects
 
 Family = Literal["poisson", "quasipoisson", "negbin", "binomial", "gaussian"]
 Autocorrelation = Literal["none", "hac", "ar1"]
@@ -1150,6 +1150,7 @@ class MultisiteITSResult:
         )
         if _natural_scale(self.family)[1]:
             ax.set_yscale("log")
+            plain_log_ticks(ax, "y")
         ax.set_xlabel("months since go-live")
         ax.set_ylabel(f"{self.scale} vs {ref_label}")
         ax.set_title(title or f"Event study: {self.outcome}")

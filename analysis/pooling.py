@@ -148,15 +148,29 @@ class PooledEstimate:
         ax.set_yticklabels(labs + ["RE model" + (" (KNHA)" if self.knha else "")])
         if exp:
             ax.set_xscale("log")
+            plain_log_ticks(ax, "x")
         ax.set_xlabel(xlabel or ("Ratio (log scale)" if exp else "Estimate"))
         het = (
             f"{self.method.upper()}: tau\u00b2 = {self.tau2:.3g}, I\u00b2 = {self.i2:.1f}%, "
             f"Q({self.q_df}) = {self.q:.2f}, p = {self.q_p:.3g}"
         )
+        if len(self.excluded):
+            het += f"; {len(self.excluded)} excluded"
         ax.set_title(het, fontsize=9, fontweight="normal")
         ax.legend(loc="lower right", fontsize=8, frameon=False)
         ax.set_ylim(-0.3, k + 2.3)
         return ax
+
+
+def plain_log_ticks(ax, axis: str = "x") -> None:
+    """Label a log-scaled axis with plain numbers (0.5, 1, 2) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(fmt)
+    target.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
 
 
 def escalc_log_rr(ai, bi, ci, di) -> pd.DataFrame:
