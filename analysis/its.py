@@ -502,8 +502,6 @@ class ITSResult:
         """Cumulative fitted-minus-counterfactual over all post-intervention months in the data
         (e.g. deaths caused (+) or averted (-)), with delta-method CI."""
         rows = np.nonzero(self._t >= self._t0)[0]
-        if self.family == "gaussian" and self._offset is None:
-            pass
         V = self.cov.to_numpy()
         Xf, Xc = self._X_all.to_numpy()[rows], self._X_cf.to_numpy()[rows]
         eta_f, eta_c = self._eta(self._X_all, rows), self._eta(self._X_cf, rows)

@@ -216,7 +216,6 @@ def _tau2_pm(y, v) -> float:
 def _tau2_reml(y, v, tol: float = 1e-12, maxiter: int = 1000) -> tuple[float, bool, int]:
     """REML by Fisher scoring as in metafor (start at the Hedges estimator, step halving to
     stay non-negative)."""
-    k = len(y)
     # Hedges (HE) starting value, as metafor's default tau2.init for ML/REML
     tau2 = max(0.0, float(np.var(y, ddof=1) - np.mean(v)))
     for it in range(1, maxiter + 1):
@@ -236,7 +235,6 @@ def _tau2_reml(y, v, tol: float = 1e-12, maxiter: int = 1000) -> tuple[float, bo
         if abs(new - tau2) < tol:
             return new, True, it
         tau2 = new
-    del k
     return tau2, False, maxiter
 
 
