@@ -119,5 +119,47 @@ def render(
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# report (owner: analysis.render): one report at a time
+report_app = typer.Typer(help="Render one report (a hospital's or the collaborative's), safe to publish.",
+                         no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+_DATA_OPT = typer.Option(None, "--data", help="Store or extract directory (default: the synthetic collaborative).")
+_OUT_OPT = typer.Option(Path("reports"), "--out", help="Reports directory; output goes to OUT/RUN/.")
+_RUN_OPT = typer.Option("adhoc", "--run", help="Run folder name (reports of one run share pseudonyms).")
+_FORMATS_OPT = typer.Option("html", "--formats", help="Comma-separated: html, pdf (pdf needs Quarto).")
+_MIN_CELL_OPT = typer.Option(11, "--min-cell", help="Smallest count shown; 1..MIN_CELL-1 are suppressed.")
+_AS_OF_OPT = typer.Option(None, "--as-of", help="Data cut-off month YYYY-MM (default: last month).")
+_JSON_OPT = typer.Option(False, "--json", help="Print a machine-readable summary.")
+
+
+@report_app.command("site")
+def report_site(
+    site_id: str = typer.Argument(..., help="Hospital site id."),
+    data: Optional[Path] = _DATA_OPT, out: Path = _OUT_OPT, run: str = _RUN_OPT,
+    formats: str = _FORMATS_OPT, min_cell: int = _MIN_CELL_OPT, as_of: Optional[str] = _AS_OF_OPT,
+    json_out: bool = _JSON_OPT,
+) -> None:
+    """Render one hospital's report (names only that hospital; peers under pseudonyms)."""
+    from .render import run_report_command
+
+    run_report_command("site", site_id=site_id, data=data, out=out, run=run, formats=formats,
+                       min_cell=min_cell, as_of=as_of, json_out=json_out)
+
+
+@report_app.command("collaborative")
+def report_collaborative(
+    data: Optional[Path] = _DATA_OPT, out: Path = _OUT_OPT, run: str = _RUN_OPT,
+    formats: str = _FORMATS_OPT, min_cell: int = _MIN_CELL_OPT, as_of: Optional[str] = _AS_OF_OPT,
+    json_out: bool = _JSON_OPT,
+) -> None:
+    """Render the collaborative report (every hospital under a pseudonym)."""
+    from .render import run_report_command
+
+    run_report_command("collaborative", site_id=None, data=data, out=out, run=run, formats=formats,
+                       min_cell=min_cell, as_of=as_of, json_out=json_out)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

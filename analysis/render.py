@@ -379,6 +379,13 @@ def render_report(
     name = report_name(kind, site_id)
     fmts = parse_formats(formats)
     used = resolve_renderer(renderer)
+    data = None
+    if scan or kind == "site":
+        from .reporting import load_run
+
+        data = load_run(data_dir, as_of=as_of, run_key="check", min_cell=min_cell)
+        if kind == "site" and str(site_id) not in set(data.sites["site_id"].astype(str)):
+            raise ValueError(f"site_id {site_id!r} is not in the data ({len(data.sites)} sites)")
     run_dir = Path(out_dir) / (run or "latest")
     run_dir.mkdir(parents=True, exist_ok=True)
     key = run_key or run_key_for(run_dir)
@@ -407,10 +414,7 @@ def render_report(
         result.warnings += [str(w.message) for w in caught if issubclass(w.category, RenderWarning)]
     except Exception as exc:  # noqa: BLE001 - reported in the result, never half-published
         result.error = f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
-    if scan and executed.exists():
-        from .reporting import load_run
-
-        data = load_run(data_dir, as_of=as_of, run_key=key, min_cell=min_cell)
+    if scan and data is not None and executed.exists():
         forbidden = data.forbidden_strings(site_id)
         published = [p for p in result.outputs.values() if p.suffix != ".pdf"]
         # the executed notebook (audit, not published) holds the run key in its parameters
@@ -420,3 +424,50 @@ def render_report(
             [executed], forbidden_strings=forbidden, min_cell=min_cell)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def run_report_command(kind: str, *, site_id: str | None, data: Path | None, out: Path, run: str,
+                       formats: str, min_cell: int, as_of: str | None, json_out: bool) -> ReportResult:
+    """CLI body of ``ipso report site SITE_ID`` / ``ipso report collaborative``.
+
+    Exit code 0: rendered and the output scan found nothing; 1: rendering failed or the scan found
+    something (the findings are listed); 2: bad arguments.
+    """
+    import typer
+
+    from .console import console, print_json
+
+    try:
+        fmts = parse_formats(formats)
+        if data is not None and not Path(data).exists():
+            raise ValueError(f"--data {data}: no such directory")
+        if min_cell < 1:
+            raise ValueError(f"--min-cell must be >= 1, got {min_cell}")
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if not json_out:
+        console.print(f"Rendering the {kind} report{' for ' + site_id if site_id else ''} ...")
+    try:
+        res = render_report(kind, site_id=site_id, data_dir=data, out_dir=out, run=run, formats=fmts,
+                            min_cell=min_cell, as_of=as_of)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if json_out:
+        print_json(res.to_dict())
+    else:
+        for fmt, path in res.outputs.items():
+            console.print(f"  {fmt}: {path}")
+        for w in res.warnings:
+            console.print(f"  [yellow]warning:[/yellow] {w}")
+        if res.error:
+            console.print(f"  [red]failed:[/red] {res.error}")
+            console.print(f"  executed notebook (for diagnosis): {res.executed_notebook}")
+        for f in res.findings:
+            console.print(f"  [red]unsafe output:[/red] {f.path}: {f.kind}: {f.detail}")
+        if res.ok:
+            console.print(f"  done in {res.seconds:.1f} s with {res.renderer}; output scan clean.")
+    if not res.ok:
+        raise typer.Exit(1)
+    return res

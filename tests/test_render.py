@@ -1,0 +1,144 @@
+"""Render real reports on a small synthetic collaborative (with a tiny hospital and a bad row) via
+papermill + nbconvert, then scan every output for anything unsafe to publish."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import warnings
+
+import nbformat
+import pandas as pd
+import pytest
+
+from analysis import contract, privacy, render
+from analysis.reporting import load_run
+from analysis.simulate import simulate_collaborative
+
+pytestmark = pytest.mark.xdist_group("render")
+
+TINY = "S03"  # the site report rendered here is the tiny hospital's
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """4 hospitals x 24 months; S03 keeps only 6 episodes, one of which breaks the contract."""
+    d = tmp_path_factory.mktemp("extract")
+    sim = simulate_collaborative(sites=4, months=24, episodes_per_site_month=6)
+    ep = sim.episodes
+    tiny = ep.index[ep["site_id"] == TINY]
+    ep = ep.drop(tiny[6:]).reset_index(drop=True)
+    bad = ep.index[ep["site_id"] == TINY][0]
+    ep.loc[bad, "age_years"] = 30.0  # out of range -> quarantined
+    ep[contract.field_names("episodes")].to_parquet(d / "episodes.parquet", index=False)
+    sim_written = d / "tmp"
+    sim.write(sim_written)
+    shutil.copy(sim_written / "sites.csv", d / "sites.csv")
+    shutil.copy(sim_written / "site_months.csv", d / "site_months.csv")
+    shutil.rmtree(sim_written)
+    return d
+
+
+@pytest.fixture(scope="module")
+def rendered(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        site = render.render_report("site", site_id=TINY, data_dir=small_data, out_dir=out, run="r1",
+                                    formats=("html", "pdf"), renderer="nbconvert")
+        coll = render.render_report("collaborative", data_dir=small_data, out_dir=out, run="r1",
+                                    renderer="nbconvert")
+    return {"site": site, "coll": coll, "out": out}
+
+
+def _text(path):
+    return path.read_text(encoding="utf-8")
+
+
+def test_reports_render_and_scan_clean(rendered):
+    for key in ("site", "coll"):
+        r = rendered[key]
+        assert r.error is None, r.error
+        assert r.findings == [], [f.__dict__ for f in r.findings]
+        assert r.ok and r.outputs["html"].is_file()
+        assert r.executed_notebook.is_file()
+        assert r.renderer == "nbconvert"
+    # same file names for the same run folder; executed notebooks kept in isolated work folders
+    run_dir = rendered["out"] / "r1"
+    assert sorted(p.name for p in run_dir.glob("*.html")) == ["collaborative.html", "site_S03.html"]
+    assert rendered["site"].executed_notebook.parent != rendered["coll"].executed_notebook.parent
+
+
+def test_pdf_without_quarto_is_a_warning_not_a_crash(rendered):
+    r = rendered["site"]
+    if shutil.which("quarto") is None:
+        assert "pdf" not in r.outputs
+        assert any("PDF" in w and "Quarto" in w for w in r.warnings)
+
+
+def test_independent_scan_of_every_output(rendered, small_data):
+    """Scan again, independently: peers' names and ids, every episode/patient id, timestamps."""
+    data = load_run(small_data)
+    names = dict(zip(data.sites["site_id"], data.sites["site_name"]))
+    ids_ep = data.episodes["episode_id"].tolist() + data.episodes["patient_id"].tolist()
+    ids_q = data.quarantine["key"].tolist()
+    assert len(ids_q) == 1  # the bad row was quarantined, and its id must not leak
+    for key, own in (("site", TINY), ("coll", None)):
+        r = rendered[key]
+        forbidden = [s for s in names if s != own] + [n for s, n in names.items() if s != own]
+        files = [*r.outputs.values(), r.executed_notebook]
+        assert privacy.scan_outputs(files, forbidden_strings=forbidden + ids_ep + ids_q) == []
+    html = _text(rendered["site"].outputs["html"])
+    assert names[TINY] in html or names[TINY].replace("'", "&#x27;") in html  # own name shown
+    coll = _text(rendered["coll"].outputs["html"])
+    assert all(n.replace("'", "&#x27;") not in coll and n not in coll for n in names.values())
+    assert "Hospital A" in coll and "Hospital D" in coll
+
+
+def test_code_hidden_and_footer_states_renderer(rendered):
+    html = _text(rendered["site"].outputs["html"])
+    assert "load_run" not in html and "import" not in re.sub(r"<script.*?</script>|<style.*?</style>",
+                                                             "", html, flags=re.S)
+    assert "by nbconvert" in html and "SHA-256" in html and "ipso-analysis" in html
+    # the run key (pseudonym secret) is never published
+    key = (rendered["out"] / "r1" / "_work" / "run_key").read_text().strip()
+    assert key not in html
+    nb = nbformat.read(rendered["site"].executed_notebook, as_version=4)
+    assert "start_time" not in json.dumps(nb.metadata)  # exact times stripped from the audit copy
+
+
+def test_tiny_hospital_counts_suppressed(rendered):
+    html = _text(rendered["site"].outputs["html"])
+    # 5 accepted episodes: the header count is suppressed, and Table 1 shows no number 1-10
+    assert re.search(r"Sepsis episodes:</strong>\s*suppressed", html)
+    assert privacy.COUNT_COLUMNS_ATTR in html  # count tables are marked, so the scan checked them
+    # quarantine: the hospital's one bad row is counted by rule, the count itself suppressed
+    assert "out_of_range" in html
+    q = html[html.index("Rows set aside by validation"):]
+    q = q[:q.index("</table>")]
+    assert "suppressed" in q and not re.search(r">\s*1\s*<", q)
+
+
+def test_scanner_catches_a_planted_leak_in_real_output(rendered, tmp_path):
+    """The scan is not vacuous: plant an unsuppressed count table, a timestamp and a peer's name."""
+    src = rendered["coll"].outputs["html"]
+    leaked = tmp_path / "leak.html"
+    table = privacy.mark_count_table(
+        pd.DataFrame({"Hospital": ["Hospital A"], "Deaths": [3]}).to_html(index=False), [1], min_cell=11)
+    leaked.write_text(_text(src).replace("</body>", f"{table}<p>2019-03-04 10:22</p></body>"))
+    kinds = {f.kind for f in privacy.scan_outputs([leaked])}
+    assert {"small_count", "timestamp"} <= kinds
+
+
+def test_site_id_must_exist(small_data, tmp_path):
+    with pytest.raises(ValueError, match="not in the data"):
+        render.render_report("site", site_id="S99", data_dir=small_data, out_dir=tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("quarto") is None, reason="quarto not on PATH")
+def test_quarto_renders_executed_notebook(rendered, tmp_path):
+    out = render.render_executed(rendered["site"].executed_notebook, tmp_path, formats=("html",),
+                                 renderer="quarto", name="site_S03")
+    assert out["html"].name == "site_S03.html" and out["html"].is_file()
+    assert privacy.scan_outputs([out["html"]], forbidden_strings=["S01", "S02", "S04"]) == []
