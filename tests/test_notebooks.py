@@ -51,7 +51,7 @@ def test_quarto_front_matter_and_thin_cells(path):
     nb = nbformat.read(path, as_version=4)
     raw = nb.cells[0]
     assert raw.cell_type == "raw" and raw.source.startswith("---")
-    assert re.search(r"^title:", raw.source, re.M) and "typst" in raw.source and "html" in raw.source
+    assert re.search(r"^title:", raw.source, re.MULTILINE) and "typst" in raw.source and "html" in raw.source
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue

@@ -99,7 +99,7 @@ def test_independent_scan_of_every_output(rendered, small_data):
 def test_code_hidden_and_footer_states_renderer(rendered):
     html = _text(rendered["site"].outputs["html"])
     assert "load_run" not in html and "import" not in re.sub(r"<script.*?</script>|<style.*?</style>",
-                                                             "", html, flags=re.S)
+                                                             "", html, flags=re.DOTALL)
     assert "by nbconvert" in html and "SHA-256" in html and "ipso-analysis" in html
     # the run key (pseudonym secret) is never published
     key = (rendered["out"] / "r1" / "_work" / "run_key").read_text().strip()
