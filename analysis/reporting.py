@@ -380,6 +380,21 @@ def gt_table(
     return ReportTable(res, disp, title, note, html)
 
 
+def masked_for_plot(df: pd.DataFrame, count_columns: Sequence[str], *,
+                    derived: Mapping[str, Sequence[str]] | None = None,
+                    min_cell: int = privacy.DEFAULT_MIN_CELL, **suppress_kwargs: Any) -> pd.DataFrame:
+    """A copy of `df` for charts: cells that :func:`analysis.privacy.suppress` hides become NaN
+    (not drawn, not labelled). ``result.attrs["suppressed_cells"]`` counts them for the caption."""
+    res = privacy.suppress(df.reset_index(drop=True), count_columns, min_cell=min_cell,
+                           derived=derived, **suppress_kwargs)
+    out = df.reset_index(drop=True).copy()
+    for c in set(count_columns) | set(derived or {}):
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float).where(~res.mask[c])
+    out.index = df.index
+    out.attrs["suppressed_cells"] = res.n_suppressed
+    return out
+
+
 #: Table 1 variables: (label, column, kind, levels). kind: "cat", "bin" (a True/False flag) or "num".
 TABLE_ONE_VARIABLES: tuple[tuple[str, str, str, tuple | None], ...] = (
     ("Age group (years)", "age_group", "cat", ("<1", "1-4", "5-12", "13+")),

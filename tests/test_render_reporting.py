@@ -174,3 +174,12 @@ def test_cli_report_rejects_unknown_site(tmp_path):
     proc = subprocess.run([str(BIN / "ipso"), "report", "collaborative", "--formats", "docx"],
                           check=False, capture_output=True, text=True)
     assert proc.returncode == 2 and "formats" in proc.stderr
+
+
+def test_masked_for_plot_blanks_suppressed_points():
+    df = pd.DataFrame({"month": range(4), "deaths": [0, 3, 25, 30], "episodes": [50, 60, 70, 80]})
+    df["pct"] = 100 * df["deaths"] / df["episodes"]
+    m = reporting.masked_for_plot(df, ["deaths", "episodes"], derived={"pct": ["deaths", "episodes"]})
+    assert m["deaths"].isna().tolist() == [False, True, True, False]  # 3 and its complement (25)
+    assert m["pct"].isna().tolist() == [False, True, True, False]
+    assert m.attrs["suppressed_cells"] == 4 and m.loc[3, "pct"] == pytest.approx(37.5)
