@@ -372,7 +372,8 @@ def gt_table(
             "which one could be worked out (totals, percentages, rates).")
     if source_note:
         note = source_note + " " + note
-    gt = GT(disp, id=table_id or "ipso-table")
+    # Quarto: keep the table (and the scanner's marks) as written, don't re-parse it into pandoc
+    gt = GT(disp, id=table_id or "ipso-table").tab_options(quarto_disable_processing=True)
     if title:
         gt = gt.tab_header(title=title, subtitle=subtitle)
     gt = gt.tab_source_note(note)

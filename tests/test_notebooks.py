@@ -63,3 +63,11 @@ def test_quarto_front_matter_and_thin_cells(path):
                 assert (node.module or "").split(".")[0] == "analysis", cell.source
         if "parameters" not in cell.metadata.get("tags", []):
             assert cell.source.startswith("#| label: "), f"cell without a Quarto label:\n{cell.source}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_quarto_labels_unique(path):
+    nb = nbformat.read(path, as_version=4)
+    labels = [m.group(1) for c in nb.cells if c.cell_type == "code"
+              for m in [re.match(r"#\| label: (\S+)", c.source)] if m]
+    assert len(labels) == len(set(labels)), labels
