@@ -171,6 +171,12 @@ def _natural_scale(family: str) -> tuple[str, bool]:
     return "difference", False
 
 
+def _safe_exp(v: float) -> float:
+    """exp without OverflowError (inf for separated fits, e.g. no events in one period)."""
+    with np.errstate(over="ignore"):
+        return float(np.exp(v))
+
+
 def _z(alpha: float) -> float:
     return float(stats.norm.ppf(1 - alpha / 2))
 
@@ -931,7 +937,7 @@ def _fit_its(
 
     def eff(term: str) -> EffectSize:
         r = coef.set_index("term").loc[term]
-        tr_ = math.exp if expo else (lambda v: v)
+        tr_ = _safe_exp if expo else (lambda v: v)
         return EffectSize(
             name=term,
             estimate=tr_(r.estimate),
@@ -1628,9 +1634,11 @@ def fit_its_by_site(
             row["status"] = f"too_few_events: {int(row['events'])} events"
             rows.append(row)
             continue
-        if counts and (np.nansum(yv[tidx < t0]) == 0 or np.nansum(yv[tidx >= t0]) == 0):
-            which = "before" if np.nansum(yv[tidx < t0]) == 0 else "after"
-            row["status"] = f"too_few_events: {int(row['events'])} events, none {which} go-live"
+        trans = int(fit_its_kwargs.get("transition", 0))
+        ev_pre, ev_post = np.nansum(yv[tidx < t0]), np.nansum(yv[tidx >= t0 + trans])
+        if counts and (ev_pre == 0 or ev_post == 0):
+            which = "before go-live" if ev_pre == 0 else "in the fitted post period"
+            row["status"] = f"too_few_events: {int(row['events'])} events, none {which}"
             rows.append(row)
             continue
         gg = g
@@ -1675,7 +1683,7 @@ def fit_its_by_site(
                 ci_low=tr(le - z * lse),
                 ci_high=tr(le + z * lse),
             )
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
             row["status"] = f"error: {exc}"
         rows.append(row)
     return pd.DataFrame(rows)

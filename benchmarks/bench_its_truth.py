@@ -151,15 +151,13 @@ def run_replicate(seed: int, sites: int, months: int, scale: float, scenario: st
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
     g = ok.groupby("estimator")
+    # a failed replicate has one row with estimator "all": it counts as failed for every estimator
+    n_fail_all = int(((df["status"] != "ok") & (df["estimator"] == "all")).sum())
+    fails = df[(df["status"] != "ok") & (df["estimator"] != "all")].groupby("estimator").size()
     return pd.DataFrame(
         {
             "replicates": g.size(),
-            "failed": df[df["status"] != "ok"]
-            .groupby("estimator")
-            .size()
-            .reindex(g.size().index)
-            .fillna(0)
-            .astype(int),
+            "failed": fails.reindex(g.size().index).fillna(0).astype(int) + n_fail_all,
             "mean_truth": g["truth"].mean(),
             "mean_estimate": g["estimate"].mean(),
             "bias_log_mean": g["log_error"].mean(),
