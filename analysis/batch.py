@@ -344,12 +344,17 @@ def parameterize(notebook_path: Path, parameters: Mapping[str, Any]):
     """Read the notebook and inject `parameters` (analysis.render.parameterize when present)."""
     mod = _render_module()
     if mod is not None and hasattr(mod, "parameterize"):
-        return mod.parameterize(notebook_path, dict(parameters))
-    import nbformat
+        nb = mod.parameterize(notebook_path, dict(parameters))
+    else:
+        import nbformat
 
-    from .kernelpool import parameterize as _param
+        from .kernelpool import parameterize as _param
 
-    return _param(nbformat.read(notebook_path, as_version=4), parameters)
+        nb = _param(nbformat.read(notebook_path, as_version=4), parameters)
+    for cell in nb.cells:  # papermill gives the injected cell a random id: outputs must not vary
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell["id"] = "injected-parameters"
+    return nb
 
 
 def export_html(nb, out_path: Path, *, renderer_label: str = "nbconvert") -> None:
@@ -416,8 +421,8 @@ def _remove_stale_temps(out_dir: Path) -> int:
     return n
 
 
-def _fault(report_id: str, stage: str) -> None:
-    spec = os.environ.get(FAULT_ENV, "")
+def _fault(spec: str | None, report_id: str, stage: str) -> None:
+    spec = spec or ""
     if not spec or ":" not in spec:
         return
     mode, target = spec.split(":", 1)
@@ -510,7 +515,7 @@ def render_task(task: Mapping[str, Any], kernel=None) -> dict[str, Any]:
                     export_html(nb, tmp, renderer_label=task["renderer"])
                 else:
                     export_pdf(nb, tmp)
-                _fault(rid, "after-temp")
+                _fault(task.get("fault"), rid, "after-temp")
                 os.replace(tmp, final)
                 result["outputs"][fmt] = rel
         result["export_seconds"] = round(time.perf_counter() - t1, 3)
@@ -539,6 +544,13 @@ def _local_worker_main() -> None:
     rx = Connection(int(os.environ["IPSO_WORKER_IN"]), writable=False)
     tx = Connection(int(os.environ["IPSO_WORKER_OUT"]), readable=False)
     kernel = WarmKernel(**json.loads(os.environ.get("IPSO_WORKER_KERNEL", "{}")))
+    warm = threading.Thread(target=_warm_exporter, daemon=True)
+    warm.start()  # load nbconvert's templates while the kernel boots
+    try:
+        kernel.start()
+    except Exception:  # noqa: BLE001 - reported per report by the first execute
+        kernel.shutdown()
+    warm.join()
     try:
         while True:
             try:
@@ -550,6 +562,21 @@ def _local_worker_main() -> None:
             tx.send(render_task(task, kernel=kernel))
     finally:
         kernel.shutdown()
+
+
+def _warm_exporter() -> None:
+    """Export an empty notebook once so the first real export does not pay nbconvert's set-up."""
+    import tempfile
+
+    import nbformat
+
+    try:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")])
+        with tempfile.TemporaryDirectory() as tmp:
+            export_html(nb, Path(tmp) / "warm.html")
+        import papermill.parameterize  # noqa: F401
+    except Exception:  # noqa: BLE001 - warm-up only
+        pass
 
 
 class _LocalWorker:
@@ -632,79 +659,114 @@ def _temp_sibling_glob_cleanup(final: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+class LocalPool:
+    """`jobs` local worker processes, each owning one warm kernel, reusable across runs.
+
+    ``render_batch`` makes a pool per run and closes it; pass your own (``pool=``) to keep kernels
+    warm across several runs (tests, an analyst re-rendering in a loop). A worker that dies
+    (killed, out of memory) fails only its current report; a fresh worker takes its place.
+    """
+
+    def __init__(self, jobs: int, kernel_options: Mapping[str, Any] | None = None,
+                 log_dir: str | os.PathLike | None = None):
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1; got {jobs}")
+        self.jobs = jobs
+        self.kernel_options = dict(kernel_options or {})
+        self.log_dir = Path(log_dir) if log_dir else None
+        self._workers: list[_LocalWorker | None] = [None] * jobs
+        self.workers_started = 0
+
+    def _worker(self, i: int) -> _LocalWorker:
+        w = self._workers[i]
+        if w is None or not w.alive:
+            if w is not None:
+                w.close(timeout=1)
+            opts = dict(self.kernel_options)
+            log = None
+            if self.log_dir is not None:
+                opts["log_path"] = str(self.log_dir / f"kernel-{i}.log")
+                log = self.log_dir / f"worker-{i}.log"
+            w = self._workers[i] = _LocalWorker(opts, log)
+            self.workers_started += 1
+        return w
+
+    def _drop(self, i: int, kill: bool = False) -> None:
+        w = self._workers[i]
+        if w is not None:
+            if kill:
+                w.proc.kill()
+            w.close(timeout=5)
+        self._workers[i] = None
+
+    def run(self, tasks: Sequence[Mapping[str, Any]], on_result: Callable[[dict[str, Any]], None]) -> None:
+        """Render `tasks`, calling `on_result` (in this thread) as each finishes."""
+        todo: queue.Queue = queue.Queue()
+        for t in tasks:
+            todo.put(t)
+        done: queue.Queue = queue.Queue()
+
+        def slot(i: int) -> None:
+            while True:
+                try:
+                    task = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    worker = self._worker(i)
+                    res = worker.render(task)
+                    if res is None:
+                        code = worker.proc.wait(timeout=10)
+                        res = _failed(task, f"worker process died (exit code {code})")
+                        self._drop(i)
+                except Exception as exc:  # a broken worker fails only this report
+                    res = _failed(task, f"worker error: {type(exc).__name__}: {exc}")
+                    self._drop(i, kill=True)
+                done.put(res)
+
+        n = max(1, min(self.jobs, len(tasks)))
+        threads = [threading.Thread(target=slot, args=(i,), daemon=True, name=f"ipso-render-{i}")
+                   for i in range(n)]
+        for th in threads:
+            th.start()
+        by_id = {t["report_id"]: t for t in tasks}
+        seen: set[str] = set()
+        while len(seen) < len(tasks):
+            try:
+                res = done.get(timeout=1.0)
+            except queue.Empty:
+                if not any(th.is_alive() for th in threads) and done.empty():
+                    break
+                continue
+            seen.add(res["report_id"])
+            on_result(res)
+        for rid in set(by_id) - seen:
+            on_result(_failed(by_id[rid], "never run (worker slots ended early)"))
+        for th in threads:
+            th.join(timeout=60)
+
+    def close(self) -> None:
+        """Stop every worker and its kernel."""
+        for i in range(self.jobs):
+            self._drop(i)
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_local(
     tasks: Sequence[Mapping[str, Any]],
     jobs: int,
     on_result: Callable[[dict[str, Any]], None],
     kernel_options: Mapping[str, Any] | None = None,
+    log_dir: str | os.PathLike | None = None,
 ) -> None:
-    """Render `tasks` on `jobs` local worker processes, each with one warm kernel.
-
-    A worker that dies (killed, out of memory) fails only its current report; a fresh worker
-    takes over the remaining queue.
-    """
-    todo: queue.Queue = queue.Queue()
-    for t in tasks:
-        todo.put(t)
-    done: queue.Queue = queue.Queue()
-    kernel_options = dict(kernel_options or {})
-    log_dir = kernel_options.pop("log_dir", None)
-
-    def slot(i: int) -> None:
-        worker: _LocalWorker | None = None
-        try:
-            while True:
-                try:
-                    task = todo.get_nowait()
-                except queue.Empty:
-                    break
-                try:
-                    if worker is None or not worker.alive:
-                        opts = dict(kernel_options)
-                        log = None
-                        if log_dir:
-                            opts["log_path"] = str(Path(log_dir) / f"kernel-{i}.log")
-                            log = Path(log_dir) / f"worker-{i}.log"
-                        worker = _LocalWorker(opts, log)
-                    res = worker.render(task)
-                    if res is None:
-                        code = worker.proc.wait(timeout=10)
-                        res = _failed(task, f"worker process died (exit code {code})")
-                        worker.close(timeout=1)
-                        worker = None
-                except Exception as exc:  # a broken worker fails only this report
-                    res = _failed(task, f"worker error: {type(exc).__name__}: {exc}")
-                    if worker is not None:
-                        worker.proc.kill()
-                        worker.close(timeout=5)
-                        worker = None
-                done.put(res)
-        finally:
-            if worker is not None:
-                worker.close()
-
-    n = max(1, min(jobs, len(tasks)))
-    threads = [threading.Thread(target=slot, args=(i,), daemon=True, name=f"ipso-render-{i}")
-               for i in range(n)]
-    for th in threads:
-        th.start()
-    received = 0
-    by_id = {t["report_id"]: t for t in tasks}
-    seen: set[str] = set()
-    while received < len(tasks):
-        try:
-            res = done.get(timeout=1.0)
-        except queue.Empty:
-            if not any(th.is_alive() for th in threads):
-                break
-            continue
-        received += 1
-        seen.add(res["report_id"])
-        on_result(res)
-    for rid in set(by_id) - seen:
-        on_result(_failed(by_id[rid], "never run (worker slots ended early)"))
-    for th in threads:
-        th.join(timeout=60)
+    """Render `tasks` on a fresh LocalPool of min(jobs, len(tasks)) workers, then stop it."""
+    with LocalPool(max(1, min(jobs, len(tasks))), kernel_options, log_dir) as pool:
+        pool.run(tasks, on_result)
 
 
 def run_dask(
@@ -729,7 +791,6 @@ def run_dask(
         )
         client = Client(cluster)
     kernel_options = dict(kernel_options or {})
-    kernel_options.pop("log_dir", None)
     try:
         futures = []
         for t in tasks:
@@ -912,6 +973,8 @@ def render_batch(
     timeout: int = 600,
     show_progress: bool = True,
     dask_processes: bool = True,
+    kernel_preload: Sequence[str] | None = None,
+    pool: LocalPool | None = None,
 ) -> BatchResult:
     """Render every selected report of a collaborative into `out_dir` (see module docstring).
 
@@ -926,6 +989,8 @@ def render_batch(
         called as hook(data_dir, shared_dir, run_key); "auto" = analysis.reporting.compute_shared
         when defined; None = no shared artefacts.
     timeout: seconds one notebook cell may run.
+    kernel_preload: modules each warm kernel imports once (default: the heavy analysis stack).
+    pool: a LocalPool to re-use (kernels stay warm across runs); default: one per run.
     """
     t_start = time.perf_counter()
     data_dir = Path(data_dir).resolve()
@@ -1003,7 +1068,7 @@ def render_batch(
         task = {
             "report_id": report_id, "notebook": str(nb), "parameters": params, "key": key,
             "work_dir": str(out_dir / WORK_DIRNAME / report_id), "out_dir": str(out_dir),
-            "outputs": outputs, "renderer": renderer,
+            "outputs": outputs, "renderer": renderer, "fault": os.environ.get(FAULT_ENV),
         }
         plans.append(_Plan(task, report_id, kind, site_id, key, outputs))
 
@@ -1090,7 +1155,10 @@ def render_batch(
     if todo:
         from .console import progress
 
-        kernel_options = {"timeout": timeout, "log_dir": str(out_dir / WORK_DIRNAME / "_logs")}
+        kernel_options: dict[str, Any] = {"timeout": timeout}
+        if kernel_preload is not None:
+            kernel_options["preload"] = list(kernel_preload)
+        log_dir = out_dir / WORK_DIRNAME / "_logs"
         tasks = [p.task for p in todo]
         with progress(enabled=show_progress) as bar:
             task_id = bar.add_task(f"rendering {len(tasks)} report(s) on {min(jobs, len(tasks))} worker(s)",
@@ -1100,8 +1168,10 @@ def render_batch(
                 record(res)
                 bar.advance(task_id)
 
-            if executor == "local":
-                run_local(tasks, jobs, on_result, kernel_options)
+            if executor == "local" and pool is not None:
+                pool.run(tasks, on_result)
+            elif executor == "local":
+                run_local(tasks, jobs, on_result, kernel_options, log_dir)
             else:
                 run_dask(tasks, jobs, on_result, kernel_options, scheduler, processes=dask_processes)
 

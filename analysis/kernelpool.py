@@ -66,6 +66,8 @@ _sys.modules["_ipso_kernel_state"] = _state
 """
 
 _RESET = """
+import os as _os
+_os.chdir({workdir!r})  # first: the previous report's folder may have been deleted
 %reset -f
 import sys as _sys, os as _os, warnings as _warnings
 _st = _sys.modules["_ipso_kernel_state"]
@@ -224,6 +226,7 @@ class WarmKernel:
 
         self.start()
         nb = copy.deepcopy(nb)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
         self.reset(workdir)
         client = self._client(nb, workdir)
         try:

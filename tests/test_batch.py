@@ -1,0 +1,317 @@
+"""Batch rendering (analysis.batch, analysis.kernelpool) on tiny parameterised test notebooks.
+
+The notebooks in tests/data/notebooks mimic the real report notebooks (same parameters cell),
+read the hospital's rows, print a summary and draw a seaborn plot; each also asserts that nothing
+of a previous report is visible (namespace, figures, files), so every warm-kernel run checks
+isolation too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import batch
+from analysis.batch import LocalPool, data_fingerprint, render_batch
+from analysis.kernelpool import WarmKernel, parameterize
+
+NB_DIR = Path(__file__).parent / "data" / "notebooks"
+SITE_NB = NB_DIR / "site_report.ipynb"
+COLL_NB = NB_DIR / "collaborative_report.ipynb"
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.xdist_group("batch")
+#: The test notebooks need only these; the default preload (statsmodels, lifelines, ...) is slower.
+PRELOAD = ("pandas", "matplotlib.pyplot", "seaborn")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """Two warm workers shared by the tests of this file (kernels reset between reports)."""
+    with LocalPool(2, {"preload": list(PRELOAD)}, tmp_path_factory.mktemp("logs")) as p:
+        yield p
+
+
+def write_data(path: Path, sites=("S01", "S02", "S03"), empty=(), seed=1) -> Path:
+    """Tiny extract: sites.csv and episodes.csv (site_id, month, value); `empty` sites get no rows."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"site_id": s, "month": m, "value": round(float(rng.normal(i, 1)), 6)}
+        for i, s in enumerate(sites) if s not in empty for m in range(12)
+    ]
+    pd.DataFrame(rows).to_csv(path / "episodes.csv", index=False)
+    pd.DataFrame({"site_id": list(sites), "site_name": [f"Hospital {s}" for s in sites]}).to_csv(
+        path / "sites.csv", index=False
+    )
+    return path
+
+
+def run(data, out, **kw):
+    kw.setdefault("jobs", 2)
+    kw.setdefault("site_notebook", SITE_NB)
+    kw.setdefault("collaborative_notebook", COLL_NB)
+    kw.setdefault("show_progress", False)
+    kw.setdefault("compute_shared", None)
+    kw.setdefault("kernel_preload", PRELOAD)
+    return render_batch(data, out, **kw)
+
+
+@pytest.fixture
+def stable_code(monkeypatch):
+    """Other modules of the package may be edited while tests run: pin the code hash."""
+    monkeypatch.setattr(batch, "code_fingerprint", lambda: "pinned-code-hash")
+
+
+def statuses(result):
+    return {r.report_id: r.status for r in result.reports}
+
+
+# ---------------------------------------------------------------------------------------------
+def test_data_fingerprint_is_per_site(tmp_path):
+    d = write_data(tmp_path / "d")
+    before = data_fingerprint(d)
+    assert before.site_ids == ["S01", "S02", "S03"]
+    ep = pd.read_csv(d / "episodes.csv")
+    ep.loc[ep.site_id == "S02", "value"] += 1.0
+    ep.to_csv(d / "episodes.csv", index=False)
+    after = data_fingerprint(d)
+    assert after.per_site["S02"] != before.per_site["S02"]
+    assert after.per_site["S01"] == before.per_site["S01"]
+    assert after.per_site["S03"] == before.per_site["S03"]
+    assert after.total != before.total
+    with pytest.raises(ValueError, match="no input tables"):
+        data_fingerprint(tmp_path)
+
+
+def test_bad_requests_raise_clear_errors(tmp_path):
+    d = write_data(tmp_path / "d")
+    with pytest.raises(ValueError, match="unknown site id"):
+        run(d, tmp_path / "o", sites="S01,S99")
+    with pytest.raises(ValueError, match="formats"):
+        run(d, tmp_path / "o", formats="html,docx")
+    with pytest.raises(ValueError, match="executor"):
+        run(d, tmp_path / "o", executor="spark")
+    with pytest.raises(ValueError, match="exclude each other"):
+        run(d, tmp_path / "o", force=True, retry_failed=True)
+    if shutil.which("xelatex") is None and shutil.which("quarto") is None:
+        with pytest.raises(ValueError, match="PDF needs"):
+            run(d, tmp_path / "o", formats="html,pdf")
+
+
+# ---------------------------------------------------------------------------------------------
+def test_warm_kernel_does_not_leak_site_a_into_site_b(tmp_path):
+    """Render A then B on ONE warm kernel: B's namespace, figures, folder and HTML hold nothing of A."""
+    d = write_data(tmp_path / "d", sites=("ALPHA", "BRAVO"))
+    nb = nbformat.read(SITE_NB, as_version=4)
+    probe = nbformat.v4.new_code_cell(
+        "import matplotlib.pyplot as _p\n"
+        "print('probe:', sorted(n for n in ('site_secret', 'only_in_alpha', 'plt', 'episodes')"
+        " if n in globals()), len(_p.get_fignums()))"
+    )
+    with WarmKernel(log_path=str(tmp_path / "kernel.log"), preload=PRELOAD) as kernel:
+        pid = kernel.pid
+        nb_a = parameterize(nb, {"site_id": "ALPHA", "data_dir": str(d)})
+        nb_a.cells.append(nbformat.v4.new_code_cell("only_in_alpha = 'ALPHA-ONLY-MARKER'\nplt.figure()"))
+        out_a = kernel.execute(nb_a, tmp_path / "wa")
+        nb_b = parameterize(nb, {"site_id": "BRAVO", "data_dir": str(d)})
+        nb_b.cells.insert(0, probe)  # before anything of B's own runs
+        out_b = kernel.execute(nb_b, tmp_path / "wb")
+        assert kernel.pid == pid and kernel.reports_run == 2  # the same kernel process did both
+        cwd = kernel.execute(
+            nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; print(os.getcwd())")]),
+            tmp_path / "wc",
+        )
+    text_a = json.dumps(out_a)
+    text_b = json.dumps(out_b)
+    assert "Hospital ALPHA" in text_a and "ALPHA-ONLY-MARKER" not in text_b
+    assert "ALPHA" not in text_b  # no site name, secret or variable of A reaches B
+    assert "probe: [] 0" in text_b  # namespace empty of A's names; no figure carried over
+    assert "Hospital BRAVO" in text_b
+    assert cwd.cells[0].outputs[0]["text"].strip() == str((tmp_path / "wc").resolve())
+    html_b = tmp_path / "b.html"
+    batch.export_html(out_b, html_b)
+    assert "ALPHA" not in html_b.read_text() and "BRAVO" in html_b.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+def test_batch_renders_everything_then_no_change_run_starts_nothing(tmp_path, stable_code, monkeypatch, pool):
+    d = write_data(tmp_path / "d")
+    out = tmp_path / "run"
+    calls = []
+
+    def compute_shared(data_dir, shared_dir, run_key):  # stands in for analysis.reporting's hook
+        calls.append(run_key)
+        ep = pd.read_csv(Path(data_dir) / "episodes.csv")
+        ep.groupby("site_id", as_index=False)["value"].mean().to_csv(
+            Path(shared_dir) / "peer_means.csv", index=False
+        )
+
+    res = run(d, out, pool=pool, compute_shared=compute_shared)
+    assert res.ok, res.summary()
+    assert statuses(res) == {"collaborative": "ok", "site-S01": "ok", "site-S02": "ok", "site-S03": "ok"}
+    assert res.shared_status == "computed" and len(calls) == 1  # once per run, not per report
+    for s in ("S01", "S02", "S03"):
+        page = (out / "sites" / f"{s}.html").read_text()
+        assert f"Hospital {s}:" in page  # the site's own printed summary
+        assert "Peer sites in shared artefacts: 3" in page  # read from <run>/_shared
+        assert "data:image/png;base64" in page  # the seaborn figure, embedded
+        assert "read_table(" not in page  # code hidden
+        assert not any(f"Hospital {o}:" in page for o in {"S01", "S02", "S03"} - {s})
+    # per-report isolated work folders, each with its own figure and executed notebook
+    for rid in ("site-S01", "site-S02", "site-S03", "collaborative"):
+        assert (out / "_work" / rid / "figure.png").is_file()
+        assert (out / "_work" / rid / f"{rid}.ipynb").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"] == {"selected": 4, "rendered": 4, "up_to_date": 0, "failed": 0}
+    assert manifest["versions"]["pandas"] == pd.__version__
+    assert {"commit", "dirty"} <= set(manifest["git"])
+    assert manifest["inputs"]["data_hash"] == data_fingerprint(d).total
+    assert manifest["shared"]["status"] == "computed"
+    assert set(manifest["reports"]) == {"collaborative", "site-S01", "site-S02", "site-S03"}
+    for entry in manifest["reports"].values():
+        assert entry["status"] == "ok" and entry["seconds"] > 0 and entry["key"]
+    index = (out / "index.html").read_text()
+    for rel in ("sites/S01.html", "sites/S02.html", "sites/S03.html", "collaborative.html"):
+        assert f'href="{rel}"' in index
+
+    # Nothing changed: no worker, no kernel, no shared refit, a few seconds at most.
+    def no_workers(*a, **k):
+        raise AssertionError("a worker was started although nothing changed")
+
+    monkeypatch.setattr(batch, "run_local", no_workers)
+    t0 = time.perf_counter()
+    again = run(d, out, compute_shared=compute_shared)
+    assert time.perf_counter() - t0 < 5
+    assert set(statuses(again).values()) == {"up-to-date"}
+    assert again.ok and again.shared_status == "reused" and len(calls) == 1
+
+
+def test_incremental_failure_isolation_and_retry_failed(tmp_path, stable_code, pool):
+    d = write_data(tmp_path / "d", sites=("S01", "S02", "S03"), empty=("S03",))
+    out = tmp_path / "run"
+    first = run(d, out, collaborative=False, pool=pool)
+    assert statuses(first) == {"site-S01": "ok", "site-S02": "ok", "site-S03": "failed"}
+    assert not first.ok
+    failed = first.failed[0]
+    assert "no episodes for site S03" in failed.error
+    kept = out / failed.executed_notebook
+    assert kept.is_file() and "AssertionError" in kept.read_text()  # kept for debugging
+    assert not (out / "sites" / "S03.html").exists()
+    assert "failed" in (out / "index.html").read_text()
+
+    # Change only S02's rows, and give S03 data: --retry-failed renders S03 alone (S02 is stale
+    # but left alone), a normal run then picks up S02 only.
+    ep = pd.read_csv(d / "episodes.csv")
+    ep.loc[ep.site_id == "S02", "value"] += 10
+    extra = pd.DataFrame({"site_id": "S03", "month": range(12), "value": 1.0})
+    pd.concat([ep, extra]).to_csv(d / "episodes.csv", index=False)
+    s01_mtime = (out / "sites" / "S01.html").stat().st_mtime_ns
+    retry = run(d, out, collaborative=False, retry_failed=True, pool=pool)
+    assert statuses(retry) == {"site-S01": "up-to-date", "site-S02": "skipped", "site-S03": "ok"}
+    assert (out / "sites" / "S03.html").is_file()
+    normal = run(d, out, collaborative=False, pool=pool)
+    assert statuses(normal) == {"site-S01": "up-to-date", "site-S02": "ok", "site-S03": "up-to-date"}
+    assert (out / "sites" / "S01.html").stat().st_mtime_ns == s01_mtime  # never rewritten
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["reports"]) == {"site-S01", "site-S02", "site-S03"}
+
+
+def test_worker_killed_after_temp_write_leaves_no_final_file_and_next_run_repairs(
+    tmp_path, stable_code, monkeypatch, pool
+):
+    d = write_data(tmp_path / "d")
+    out = tmp_path / "run"
+    monkeypatch.setenv(batch.FAULT_ENV, "exit-after-temp:site-S02")
+    res = run(d, out, collaborative=False, pool=pool)
+    assert statuses(res) == {"site-S01": "ok", "site-S02": "failed", "site-S03": "ok"}
+    assert "worker process died" in res.failed[0].error  # the others finished regardless
+    assert not (out / "sites" / "S02.html").exists()
+    assert not [p for p in (out / "sites").iterdir() if p.name.startswith(".")]  # temp removed
+    old_s01 = (out / "sites" / "S01.html").read_bytes()
+    monkeypatch.setenv(batch.FAULT_ENV, "raise-after-temp:site-S01")
+    res = run(d, out, collaborative=False, force=True, sites="S01", pool=pool)
+    assert statuses(res) == {"site-S01": "failed"} and "injected fault" in res.failed[0].error
+    assert (out / "sites" / "S01.html").read_bytes() == old_s01  # previous complete report intact
+    monkeypatch.delenv(batch.FAULT_ENV)
+    fixed = run(d, out, collaborative=False, pool=pool)
+    assert statuses(fixed) == {"site-S01": "ok", "site-S02": "ok", "site-S03": "up-to-date"}
+    assert (out / "sites" / "S02.html").is_file()
+
+
+def test_run_killed_mid_publish_leaves_no_finished_looking_report(tmp_path, pool):
+    """SIGKILL the whole run (process group) while a report sits in its temporary file."""
+    d = write_data(tmp_path / "d", sites=("S01",))
+    out = tmp_path / "run"
+    code = (
+        "from analysis.batch import render_batch\n"
+        f"render_batch({str(d)!r}, {str(out)!r}, jobs=1, collaborative=False, show_progress=False,"
+        f" compute_shared=None, site_notebook={str(SITE_NB)!r}, kernel_preload={PRELOAD!r})\n"
+    )
+    env = dict(os.environ, **{batch.FAULT_ENV: "hang-after-temp:site-S01"})
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        temp = []
+        while time.time() < deadline and not temp and proc.poll() is None:
+            time.sleep(0.2)
+            temp = list((out / "sites").glob(".S01.html.tmp-*")) if (out / "sites").is_dir() else []
+        assert temp, "the run never reached the publish step"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert not (out / "sites" / "S01.html").exists()  # only a hidden temp file: not a report
+    fixed = run(d, out, collaborative=False, pool=pool)
+    assert statuses(fixed) == {"site-S01": "ok"}
+    assert (out / "sites" / "S01.html").is_file()
+    assert not list((out / "sites").glob(".*"))  # the stale temp was cleaned
+
+
+def test_dask_executor_gives_identical_outputs(tmp_path, stable_code, pool):
+    pytest.importorskip("distributed")
+    d = write_data(tmp_path / "d", sites=("S01", "S02"))
+    local = run(d, tmp_path / "local", collaborative=False, pool=pool)
+    dask = run(d, tmp_path / "dask", collaborative=False, executor="dask", dask_processes=False, jobs=1)
+    assert local.ok and dask.ok, dask.summary()
+    for s in ("S01", "S02"):
+        a = (tmp_path / "local" / "sites" / f"{s}.html").read_bytes()
+        b = (tmp_path / "dask" / "sites" / f"{s}.html").read_bytes()
+        assert a == b
+    assert {r.report_id: r.key for r in local.reports} == {r.report_id: r.key for r in dask.reports}
+    assert batch._KERNELS == {}  # the cluster's kernels were shut down
+
+
+def test_cli_render_json_and_exit_status(tmp_path):
+    d = write_data(tmp_path / "d", sites=("S01", "S02"), empty=("S02",))
+    out = tmp_path / "run"
+    cmd = [str(BIN / "ipso"), "render", "--data", str(d), "--out", str(out), "--jobs", "1",
+           "--no-collaborative", "--json", "--site-notebook", str(SITE_NB)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["counts"] == {"selected": 2, "rendered": 1, "up_to_date": 0, "failed": 1}
+    assert summary["failed"][0]["report_id"] == "site-S02"
+    assert Path(summary["index"]).is_file()
+    bad = subprocess.run([*cmd, "--sites", "NOPE"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown site id" in bad.stdout
+
+
+@pytest.mark.quarto
+@pytest.mark.skipif(shutil.which("quarto") is None, reason="needs the quarto CLI on PATH")
+def test_quarto_renders_the_run_in_one_project_render(tmp_path, stable_code, pool):
+    d = write_data(tmp_path / "d", sites=("S01", "S02"))
+    res = run(d, tmp_path / "run", renderer="quarto", pool=pool)
+    assert res.ok and res.renderer == "quarto", res.summary()
+    for s in ("S01", "S02"):
+        assert f"Hospital {s}:" in (tmp_path / "run" / "sites" / f"{s}.html").read_text()
