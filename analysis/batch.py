@@ -115,7 +115,7 @@ class BatchResult:
     manifest_path: Path
     reports: list[ReportResult]
     wall_seconds: float
-    run_key: str
+    inputs_key: str
     shared_status: str
     renderer: str
     executor: str
@@ -156,7 +156,7 @@ class BatchResult:
             "out_dir": str(self.out_dir),
             "index": str(self.index_path),
             "manifest": str(self.manifest_path),
-            "run_key": self.run_key,
+            "inputs_key": self.inputs_key,
             "renderer": self.renderer,
             "executor": self.executor,
             "jobs": self.jobs,
@@ -312,6 +312,22 @@ def _render_module():
         return importlib.import_module("analysis.render")
     except ImportError:
         return None
+
+
+def pseudonym_key(out_dir: Path) -> str:
+    """The run folder's secret pseudonym key (analysis.render.run_key_for): created once, so a
+    hospital keeps its pseudonym in every report of the folder, re-rendered or not."""
+    mod = _render_module()
+    if mod is not None and hasattr(mod, "run_key_for"):
+        return mod.run_key_for(out_dir)
+    import secrets
+
+    path = out_dir / WORK_DIRNAME / "run_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_hex(16)
+    atomic_write_text(path, key + "\n")
+    return key
 
 
 def find_quarto() -> str | None:
@@ -503,6 +519,9 @@ def render_task(task: Mapping[str, Any], kernel=None) -> dict[str, Any]:
             return result
         finally:
             result["execute_seconds"] = round(time.perf_counter() - t0, 3)
+        mod = _render_module()
+        if mod is not None and hasattr(mod, "sanitize_executed"):
+            nb = mod.sanitize_executed(nb)  # no wall-clock timestamps in kept notebooks
         nbformat.write(nb, executed)
         t1 = time.perf_counter()
         if task["renderer"] != "quarto":
@@ -912,19 +931,20 @@ def _now() -> str:
 
 
 def _ensure_shared(
-    data_dir: Path, shared_dir: Path, run_key: str, needed: bool, hook: Any = "auto"
+    data_dir: Path, shared_dir: Path, run_key: str, needed: bool, hook: Any = "auto",
+    inputs_key: str = "",
 ) -> tuple[str, str, str | None, float]:
     """Compute the run's shared artefacts once (analysis.reporting.compute_shared, if defined).
 
     Returns (status, digest, error, seconds); status is "absent" (no hook), "reused" (stamp matches
-    run_key), "computed" or "failed"; digest hashes the artefacts (enters every report key).
+    inputs_key), "computed" or "failed"; digest hashes the artefacts (enters every report key).
     """
     stamp_path = shared_dir / SHARED_STAMP
     try:
         stamp = json.loads(stamp_path.read_text())
     except (OSError, ValueError):
         stamp = {}
-    if stamp.get("run_key") == run_key:
+    if stamp.get("inputs_key") == inputs_key:
         return "reused", stamp.get("digest", ""), None, 0.0
     if not needed:
         return "stale", stamp.get("digest", ""), None, 0.0
@@ -947,7 +967,7 @@ def _ensure_shared(
         if p.is_file() and p.name != SHARED_STAMP:
             parts.append(str(p.relative_to(shared_dir)) + ":" + _file_sha(p))
     digest = _sha(*parts)
-    atomic_write_text(stamp_path, json.dumps({"run_key": run_key, "digest": digest, "at": _now()}))
+    atomic_write_text(stamp_path, json.dumps({"inputs_key": inputs_key, "digest": digest, "at": _now()}))
     return "computed", digest, None, time.perf_counter() - t0
 
 
@@ -1029,8 +1049,9 @@ def render_batch(
             raise ValueError(f"report notebook {nb} does not exist")
     code_hash = code_fingerprint()
     versions = library_versions()
-    run_key = _sha(fp.total, code_hash, _json_sha(versions), _json_sha(extra))[:16]
+    inputs_key = _sha(fp.total, code_hash, _json_sha(versions), _json_sha(extra))[:16]
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_key = pseudonym_key(out_dir)  # secret, stable per run folder: never in manifest or index
     _remove_stale_temps(out_dir)
     manifest_path = out_dir / MANIFEST_FILE
     index_path = out_dir / INDEX_FILE
@@ -1039,17 +1060,17 @@ def render_batch(
     shared_dir = out_dir / SHARED_DIRNAME
 
     # Shared artefacts are (re)computed only when the run's inputs changed.
-    shared_needed = force or previous.get("run_key") != run_key or retry_failed or any(
+    shared_needed = force or previous.get("inputs_key") != inputs_key or retry_failed or any(
         prev_reports.get(r, {}).get("status") != "ok"
         for r in ([f"site-{s}" for s in chosen] + ([COLLABORATIVE_ID] if collaborative else []))
     )
     shared_status, shared_digest, shared_error, shared_seconds = _ensure_shared(
-        data_dir, shared_dir, run_key, shared_needed, compute_shared
+        data_dir, shared_dir, run_key, shared_needed, compute_shared, inputs_key
     )
 
     common = {
         "data_dir": str(data_dir), "run_key": run_key,
-        "shared_dir": str(shared_dir), "renderer": renderer, "formats": ",".join(fmts),
+        "shared_dir": str(shared_dir), "renderer": renderer, "formats": list(fmts),
     }
     common.update(extra)
     nb_hash = {p: _file_sha(p) for p in needed_nbs}
@@ -1112,7 +1133,7 @@ def render_batch(
     manifest: dict[str, Any] = {
         "tool": "ipso render",
         "version": __version__,
-        "run_key": run_key,
+        "inputs_key": inputs_key,
         "started": _now(),
         "finished": None,
         "git": git_state(),
@@ -1121,7 +1142,7 @@ def render_batch(
             "code_hash": code_hash, "shared_digest": shared_digest,
             "notebooks": {str(p): h for p, h in nb_hash.items()},
         },
-        "parameters": common,
+        "parameters": {k: ("<secret: _work/run_key>" if k == "run_key" else v) for k, v in common.items()},
         "versions": versions,
         "settings": {
             "jobs": jobs, "executor": executor, "scheduler": scheduler, "renderer": renderer,
@@ -1208,7 +1229,7 @@ def render_batch(
         atomic_write_text(index_path, build_index(manifest, {r.report_id: r.status for r in ordered}))
     return BatchResult(
         out_dir=out_dir, index_path=index_path, manifest_path=manifest_path, reports=ordered,
-        wall_seconds=wall, run_key=run_key, shared_status=shared_status, renderer=renderer,
+        wall_seconds=wall, inputs_key=inputs_key, shared_status=shared_status, renderer=renderer,
         executor=executor, jobs=jobs,
     )
 
@@ -1268,7 +1289,7 @@ th {{ background: #f3f3f3; }} code {{ font-size: .9em; }}
 <p>{s.get('selected', 0)} selected: {s.get('rendered', 0)} rendered, {s.get('up_to_date', 0)} up to date,
 <strong>{s.get('failed', 0)} failed</strong>. Finished {esc(str(manifest.get('finished')))};
 wall time {manifest.get('timings', {}).get('wall_seconds', '?')} s.</p>
-<p>Run key <code>{esc(str(manifest.get('run_key')))}</code>; data hash <code>{esc(str(manifest.get('inputs', {}).get('data_hash', ''))[:16])}</code>;
+<p>Inputs key <code>{esc(str(manifest.get('inputs_key')))}</code>; data hash <code>{esc(str(manifest.get('inputs', {}).get('data_hash', ''))[:16])}</code>;
 git commit <code>{esc(str(git.get('commit')))}</code>{' (uncommitted changes)' if git.get('dirty') else ''};
 renderer {esc(str(manifest.get('settings', {}).get('renderer')))}; shared artefacts {esc(str(manifest.get('shared', {}).get('status')))}.
 Full record: <a href="{MANIFEST_FILE}">{MANIFEST_FILE}</a>.</p>
