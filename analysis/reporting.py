@@ -632,3 +632,14 @@ def data_window_note(run: RunData) -> Md:
         txt += (f" {count_text(run.excluded_after_as_of, run.min_cell)} episodes after that month "
                 "are left out of this report.")
     return Md(txt)
+
+
+def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str) -> None:
+    """Compute a run's heavy shared fits once (case-mix model, site-month expected deaths, O/E by
+    hospital, pooled and per-hospital ITS, process associations) and save them under `shared_dir`
+    (working space of the batch run, never published). Notebooks given ``shared_dir`` reuse them
+    when they were computed from the same data and cut-off; see
+    :class:`analysis.report_sections.SharedFits`."""
+    from .report_sections import compute_shared as _compute
+
+    _compute(data_dir, shared_dir, run_key)
