@@ -4,7 +4,6 @@ on a small simulated collaborative (``data_dir=None``), and are committed withou
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
