@@ -27,7 +27,8 @@ import pandas as pd
 from . import reporting as rp
 
 SHARED_META = "shared_meta.json"
-SHARED_ITEMS = ("casemix", "site_months", "oe_by_site", "multisite", "by_site", "associations")
+SHARED_ITEMS = ("casemix", "site_months", "oe_by_site", "multisite", "by_site", "associations",
+                "impact")
 #: Mortality outcome of the models (30-day sepsis-attributable mortality).
 OUTCOME = "sam30"
 EXPECTED = "expected_sam30"
@@ -123,6 +124,13 @@ class SharedFits:
         return fit_its_by_site(sm, OUTCOME, site="site_id", time="month", go_live="go_live_month",
                                exposure=EXPECTED, family="poisson", months_after=12)
 
+    def _compute_impact(self):
+        from .impact import by_the_numbers
+
+        model = self.get("casemix")
+        return by_the_numbers(self.run, casemix_model=None if isinstance(model, rp.NotEstimable)
+                              else model)
+
     def _compute_associations(self):
         from .processes import process_associations
 
@@ -131,7 +139,8 @@ class SharedFits:
 
 _WHAT = {"casemix": "Case-mix model", "site_months": "Monthly measures",
          "oe_by_site": "Risk-adjusted comparison", "multisite": "Pooled time series",
-         "by_site": "Hospital-level time series", "associations": "Process-outcome associations"}
+         "by_site": "Hospital-level time series", "associations": "Process-outcome associations",
+         "impact": "IPSO by the numbers"}
 
 
 _DATE = re.compile(r"(?:Timestamp\(')?(\d{4})-(\d{2})-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?(?:'\))?")
@@ -436,3 +445,86 @@ def collaborative_los_section(run: rp.RunData, checks: dict[str, rp.NotEstimable
     _guarded(run, "Length of stay", lambda: show_figure(los_competing_risks(run.episodes).plot().get_figure(),
              "Cumulative incidence of discharge alive with in-hospital death as a competing risk, "
              "all hospitals, before and after each hospital's go-live."))
+
+
+# ---------------------------------------------------------------------------------------------
+# IPSO by the numbers
+#: metric -> (numerator column, denominator column or None) of episode counts behind the crude values.
+IMPACT_COUNTS: dict[str, tuple[str, str | None]] = {
+    "mortality": ("sam30", "episodes"),
+    "recognition": ("episodes", None),
+    "bundle": ("bundle_compliant", "episodes"),
+    "hospital_days": ("episodes", None),
+    "bolus": ("minutes_to_bolus", None),
+    "antibiotic": ("minutes_to_antibiotic", None),
+}
+
+
+def _period_counts(ep: pd.DataFrame, metric: str) -> list[int]:
+    """Episode counts behind a crude value, before and after go-live (numerator, complement)."""
+    num, den = IMPACT_COUNTS[metric]
+    out = []
+    for post in (False, True):
+        g = ep[ep["post"] == post]
+        if num == "episodes":
+            out.append(len(g))
+        elif g[num].dtype == bool:
+            out += [int(g[num].sum()), int((~g[num]).sum()) if den else len(g)]
+        else:
+            out.append(int(g[num].notna().sum()))
+    return out
+
+
+def impact_frame(run: rp.RunData, impact, site_id: str | None = None) -> pd.DataFrame:
+    """Display frame of :func:`analysis.impact.by_the_numbers`: ITS % change with CI, crude values
+    before/after (blank when any count behind them is 1 to ``min_cell - 1``, or for a site's
+    crude values when the counts are small) and the status in plain words."""
+    t = impact.table
+    ep = run.episodes_for(site_id)
+    rows = []
+    for r in t.itertuples():
+        ok = r.status == "ok"
+        small = any(0 < c < run.min_cell for c in _period_counts(ep, r.metric))
+        crude_ok = not small and np.isfinite(r.crude_pre) and np.isfinite(r.crude_post)
+        rows.append({
+            "Measure": r.label,
+            "Change after 12 months vs expected (ITS)": (
+                f"{r.relative_change_pct:+.0f}% ({r.ci_lower_pct:+.0f}% to {r.ci_upper_pct:+.0f}%)"
+                if ok else "not estimable"),
+            "Before (crude)": f"{r.crude_pre:.3g}" if crude_ok else "",
+            "After (crude)": f"{r.crude_post:.3g}" if crude_ok else "",
+            "Unit": r.unit,
+            "Note": "" if ok else _reason(ValueError(str(r.status).replace("not estimable: ", "")),
+                                          run).replace("The data are not sufficient for this model ", ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def impact_section(run: rp.RunData, shared: SharedFits, site_id: str | None = None,
+                   checks: dict[str, rp.NotEstimable | None] | None = None) -> None:
+    """"IPSO by the numbers": headline % changes 12 months after go-live (ITS vs counterfactual)
+    with crude before/after values, and plain-language sentences."""
+    from .impact import by_the_numbers
+
+    if checks and checks.get("post_months") is not None:
+        rp.show(checks["post_months"])
+        return
+
+    def draw():
+        if site_id is None:
+            impact = _need(shared.get("impact"))
+        else:
+            model = shared.get("casemix")
+            impact = by_the_numbers(run, site_id=site_id, casemix_model=None if isinstance(
+                model, rp.NotEstimable) else model)
+        words = [w for w, s in zip(impact.table["wording"], impact.table["status"]) if s == "ok"]
+        if words:
+            rp.show(rp.Md("\n".join(f"- {w}" for w in words)))
+        rp.show(impact_frame(run, impact, site_id).style.hide(axis="index"))
+        rp.show(rp.Md(
+            "*ITS: change 12 months after go-live against the trend before go-live (first 6 months "
+            "after go-live left out as phase-in), with 95% CI. Crude values compare all months "
+            "before and after go-live without adjustment and are blank when they rest on counts "
+            f"from 1 to {run.min_cell - 1}.*"))
+
+    _guarded(run, "IPSO by the numbers", draw)
