@@ -70,7 +70,7 @@ class SharedFits:
         else:
             try:
                 value = getattr(self, f"_compute_{name}")()
-            except (ValueError, np.linalg.LinAlgError, KeyError) as exc:
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError, KeyError) as exc:
                 value = rp.not_estimable(_WHAT[name], _reason(exc, self.run))
         self._cache[name] = value
         return value
@@ -209,7 +209,7 @@ def _guarded(run: rp.RunData, what: str, draw: Callable[[], Any]) -> None:
     """Run `draw`; a data problem becomes a plain 'not estimable' note instead of an error."""
     try:
         draw()
-    except (ValueError, np.linalg.LinAlgError, KeyError, ZeroDivisionError) as exc:
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError, KeyError) as exc:
         rp.show(rp.not_estimable(what, _reason(exc, run)))
 
 
