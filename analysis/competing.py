@@ -285,6 +285,8 @@ def censoring_km(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def _G_minus(ct: np.ndarray, G: np.ndarray, t: np.ndarray) -> np.ndarray:
     """G(t-) (left limit) of the censoring KM step function."""
+    if len(ct) == 0:  # no censoring: G == 1 everywhere
+        return np.ones(len(t), dtype=float)
     i = np.searchsorted(ct, t, side="left") - 1
     return np.where(i >= 0, G[np.clip(i, 0, None)], 1.0)
 

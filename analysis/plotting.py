@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+# No backend is forced here: Jupyter keeps its inline backend, and headless runs fall back to Agg.
+import matplotlib.pyplot as plt
+import seaborn as sns
 
 PALETTE = {
     "observed": "#4C72B0",

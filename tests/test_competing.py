@@ -266,3 +266,29 @@ def test_los_competing_risks_by_period():
     assert res.plot() is not None
     with pytest.raises(ValueError, match="both pre and post"):
         los_competing_risks(ep.assign(post=False))
+
+
+def test_fine_gray_without_censoring_equals_weights_of_one_for_survivors():
+    """With no censoring G(t) = 1, so competing-event subjects keep weight 1 after their event
+    (Fine & Gray 1999); the fit must not crash (regression: empty censoring KM)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.competing import finegray_expand, fit_fine_gray
+
+    rng = np.random.default_rng(3)
+    n = 200
+    x = rng.integers(0, 2, n)
+    t = np.ceil(rng.exponential(5 / (1 + x), n))
+    e = np.where(rng.random(n) < 0.7, 1, 2)
+    df = pd.DataFrame({"t": t, "e": e, "x": x})
+    ex = finegray_expand(df, "t", "e")
+    assert np.allclose(ex["fg_weight"], 1.0)
+    res = fit_fine_gray(df, "t", "e", ["x"])
+    # Without censoring, Fine-Gray is an ordinary Cox model in which subjects with a competing event
+    # stay in the risk set for ever (Fine & Gray 1999, section 2): compare with that Cox fit.
+    from analysis.survival import fit_cox
+
+    alt = df.assign(t=np.where(df.e == 2, df.t.max() + 1, df.t), d=(df.e == 1).astype(int))
+    ref = fit_cox(alt, "t", "d", ["x"], ph_test=False)
+    assert res.summary()["coef"].iloc[0] == pytest.approx(ref.summary()["coef"].iloc[0], abs=1e-6)
