@@ -94,9 +94,9 @@ class SharedFits:
 
         ep = self.run.episodes
         model = self.get("casemix")
-        expected = (model.predict(ep).to_numpy() if not isinstance(model, rp.NotEstimable)
-                    else np.full(len(ep), np.nan))
-        ep = ep.assign(**{EXPECTED: expected})
+        if isinstance(model, rp.NotEstimable):  # no expected deaths: mortality models say so
+            return monthly_measures(ep, self.run.site_months, sites=self.run.sites)
+        ep = ep.assign(**{EXPECTED: model.predict(ep).to_numpy()})
         return monthly_measures(ep, self.run.site_months, sites=self.run.sites,
                                 extra_sums=[EXPECTED])
 
@@ -174,8 +174,8 @@ def _need(value: Any) -> Any:
 def _mortality_months(sm: pd.DataFrame) -> pd.DataFrame:
     """Site-months for mortality models: every month (the models leave out months with zero
     expected and no deaths); months without a case-mix prediction are an error."""
-    if sm[EXPECTED].isna().any():
-        raise ValueError("expected deaths are missing (no case-mix model)")
+    if EXPECTED not in sm or sm[EXPECTED].isna().any():
+        raise Unavailable("expected deaths are missing (no case-mix model)")
     return sm.reset_index(drop=True)
 
 
