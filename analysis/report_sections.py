@@ -28,7 +28,7 @@ from . import reporting as rp
 
 SHARED_META = "shared_meta.json"
 SHARED_ITEMS = ("casemix", "site_months", "oe_by_site", "multisite", "by_site", "associations",
-                "impact")
+                "impact", "los")
 #: Mortality outcome of the models (30-day sepsis-attributable mortality).
 OUTCOME = "sam30"
 EXPECTED = "expected_sam30"
@@ -131,6 +131,11 @@ class SharedFits:
         return by_the_numbers(self.run, casemix_model=None if isinstance(model, rp.NotEstimable)
                               else model)
 
+    def _compute_los(self):
+        from .competing import los_competing_risks
+
+        return los_competing_risks(self.run.episodes)
+
     def _compute_associations(self):
         from .processes import process_associations
 
@@ -140,7 +145,7 @@ class SharedFits:
 _WHAT = {"casemix": "Case-mix model", "site_months": "Monthly measures",
          "oe_by_site": "Risk-adjusted comparison", "multisite": "Pooled time series",
          "by_site": "Hospital-level time series", "associations": "Process-outcome associations",
-         "impact": "IPSO by the numbers"}
+         "impact": "IPSO by the numbers", "los": "Length of stay"}
 
 
 _DATE = re.compile(r"(?:Timestamp\(')?(\d{4})-(\d{2})-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?(?:'\))?")
@@ -198,7 +203,9 @@ def show_figure(fig, caption: str | None = None) -> None:
 
     buf = io.StringIO()
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "ipso-report"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        # tight bounding boxes cost one more full draw: skipped for large small-multiple grids
+        tight = "tight" if len(fig.axes) <= 12 else None
+        fig.savefig(buf, format="svg", bbox_inches=tight, metadata={"Date": None})
     plt.close(fig)
     rp.show(SVG(data=buf.getvalue()))
     if caption:
@@ -284,7 +291,8 @@ def site_its_section(run: rp.RunData, shared: SharedFits, site_id: str,
             fit_its(mort, OUTCOME, time="month", intervention=go, exposure=EXPECTED,
                     family="quasipoisson"),
             "30-day sepsis-attributable deaths relative to expected (case-mix model)", 1.0,
-            "Observed vs expected deaths ratio; dashed: what the trend before go-live predicts."))
+            "Monthly observed/expected deaths; dashed: what the trend before go-live predicts.",
+            "observed / expected deaths"))
     adm = sm[sm["admissions"] > 0]
     _guarded(run, "Recognition time series", lambda: _show_its(
         fit_its(adm, "episodes", time="month", intervention=go, exposure="admissions",
@@ -297,8 +305,9 @@ def site_its_section(run: rp.RunData, shared: SharedFits, site_id: str,
         "Hospital days per episode with the pre-go-live trend projected."))
 
 
-def _show_its(res, title: str, per: float, caption: str) -> None:
+def _show_its(res, title: str, per: float, caption: str, ylabel: str | None = None) -> None:
     ax = res.plot(title=title, per=per)
+    ax.set_ylabel(ylabel or title)
     lc = res.level_change
     words = (f"Level change at go-live: {lc.estimate:.2f} (95% CI {lc.ci_low:.2f} to {lc.ci_high:.2f})"
              if np.isfinite(getattr(lc, "estimate", np.nan)) else "")
@@ -415,6 +424,8 @@ def _forest(run: rp.RunData, shared: SharedFits) -> None:
     bs = shared.get("by_site")
     bs = _need(bs)
     bs = bs.assign(site=bs["site"].map(run.pseudonyms))
+    # pseudonym order (A, B, ..., AA): row order must not follow site ids or size
+    bs = bs.iloc[sorted(range(len(bs)), key=lambda i: (len(bs["site"].iloc[i]), bs["site"].iloc[i]))]
     pooled = pool_site_effects(bs, label="site")
     ax = pooled.forest_plot(xlabel="Rate ratio 12 months after go-live")
     show_figure(ax.get_figure(),
@@ -435,16 +446,17 @@ def associations_section(run: rp.RunData, shared: SharedFits) -> None:
     _guarded(run, "Association plot", lambda: show_figure(_fig_from(pa.plot()), pa.caveat))
 
 
-def collaborative_los_section(run: rp.RunData, checks: dict[str, rp.NotEstimable | None]) -> None:
-    from .competing import los_competing_risks
-
+def collaborative_los_section(run: rp.RunData, shared: SharedFits,
+                              checks: dict[str, rp.NotEstimable | None]) -> None:
+    """Cumulative incidence of discharge alive and in-hospital death by period, all hospitals."""
     for k in ("pre", "post"):
         if checks.get(k) is not None:
             rp.show(checks[k])
             return
-    _guarded(run, "Length of stay", lambda: show_figure(los_competing_risks(run.episodes).plot().get_figure(),
+    _guarded(run, "Length of stay", lambda: show_figure(_need(shared.get("los")).plot().get_figure(),
              "Cumulative incidence of discharge alive with in-hospital death as a competing risk, "
              "all hospitals, before and after each hospital's go-live."))
+
 
 
 # ---------------------------------------------------------------------------------------------
