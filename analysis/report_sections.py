@@ -293,6 +293,7 @@ def site_its_section(run: rp.RunData, shared: SharedFits, site_id: str,
             "30-day sepsis-attributable deaths relative to expected (case-mix model)", 1.0,
             "Monthly observed/expected deaths; dashed: what the trend before go-live predicts.",
             "observed / expected deaths"))
+        rp.show(site_in_pool(run, shared, site_id))
     adm = sm[sm["admissions"] > 0]
     _guarded(run, "Recognition time series", lambda: _show_its(
         fit_its(adm, "episodes", time="month", intervention=go, exposure="admissions",
@@ -303,6 +304,28 @@ def site_its_section(run: rp.RunData, shared: SharedFits, site_id: str,
         fit_its(ep_m, "hospital_days_per_episode", time="month", intervention=go,
                 family="gaussian"), "Hospital days per sepsis episode", 1.0,
         "Hospital days per episode with the pre-go-live trend projected."))
+
+
+def site_in_pool(run: rp.RunData, shared: SharedFits, site_id: str) -> rp.Md | rp.NotEstimable:
+    """This hospital's mortality rate ratio 12 months after go-live next to the pooled estimate of
+    all hospitals (random effects) and its 95% prediction interval."""
+    from .its import pool_site_effects
+
+    try:
+        bs = _need(shared.get("by_site"))
+        own = bs[bs["site"] == site_id]
+        pooled = pool_site_effects(bs, label="site")
+    except ValueError as exc:
+        return rp.not_estimable("Comparison with the pooled estimate", _reason(exc, run))
+    pool = (f"all hospitals pooled: {np.exp(pooled.estimate):.2f} (95% CI {np.exp(pooled.ci_low):.2f} "
+            f"to {np.exp(pooled.ci_high):.2f}); a hospital like the others would be expected between "
+            f"{np.exp(pooled.pi_low):.2f} and {np.exp(pooled.pi_high):.2f} (95% prediction interval).")
+    if own.empty or own["status"].iloc[0] != "ok":
+        return rp.Md("This hospital's own 12-month mortality rate ratio is not estimable (too few "
+                     "deaths or months); " + pool)
+    r = own.iloc[0]
+    return rp.Md(f"Rate ratio of 30-day deaths to expected 12 months after go-live, this hospital: "
+                 f"{r['estimate']:.2f} (95% CI {r['ci_low']:.2f} to {r['ci_high']:.2f}); " + pool)
 
 
 def _show_its(res, title: str, per: float, caption: str, ylabel: str | None = None) -> None:

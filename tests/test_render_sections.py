@@ -124,3 +124,14 @@ def test_shared_fit_failure_is_a_note_not_an_error(run):
     sm = shared.get("site_months")
     assert isinstance(sm, pd.DataFrame) and rs.EXPECTED not in sm
     assert isinstance(shared.get("multisite"), rp.NotEstimable)
+
+
+def test_site_in_pool_names_no_other_hospital(run):
+    shared = rs.SharedFits(run)
+    text = str(rs.site_in_pool(run, shared, "S01"))
+    bs = shared.get("by_site")
+    row = bs[bs["site"] == "S01"].iloc[0]
+    if row["status"] == "ok":
+        assert f"{row['estimate']:.2f}" in text
+    for s, n in zip(run.sites["site_id"], run.sites["site_name"]):
+        assert s not in text and n not in text
