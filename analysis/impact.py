@@ -345,7 +345,7 @@ def by_the_numbers(
                         ci_lower_pct=_pct(lo),
                         ci_upper_pct=_pct(hi),
                     )
-        except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError, OverflowError) as exc:
             status, eff = f"not estimable: {exc}", None
         if eff is None:
             row.update(relative_change_pct=np.nan, ci_lower_pct=np.nan, ci_upper_pct=np.nan)

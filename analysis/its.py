@@ -491,8 +491,8 @@ class ITSResult:
             se_r = float(np.sqrt(grad @ V @ grad))
             rel_lo, rel_hi = rel - z * se_r, rel + z * se_r
         else:
-            rel = math.exp(link_est)
-            rel_lo, rel_hi = math.exp(link_est - z * link_se), math.exp(link_est + z * link_se)
+            rel = _safe_exp(link_est)
+            rel_lo, rel_hi = _safe_exp(link_est - z * link_se), _safe_exp(link_est + z * link_se)
         return EffectEstimate(
             months_after=m,
             time=_label_time(target, self._is_date),
@@ -523,7 +523,7 @@ class ITSResult:
         se_lr = float(np.sqrt(g_lr @ V @ g_lr))
         ratio = sf / sc
         if ratio > 0:
-            rlo, rhi = ratio * math.exp(-z * se_lr), ratio * math.exp(z * se_lr)
+            rlo, rhi = ratio * _safe_exp(-z * se_lr), ratio * _safe_exp(z * se_lr)
         else:
             rlo = rhi = float("nan")
         obs = self.counterfactual["observed"].to_numpy()[rows]
@@ -1091,7 +1091,7 @@ class MultisiteITSResult:
         se = float(np.sqrt(c @ self.cov.to_numpy() @ c))
         z = _z(self.alpha)
         expo = _natural_scale(self.family)[1]
-        tr = math.exp if expo else (lambda v: v)
+        tr = _safe_exp if expo else (lambda v: v)
         return EffectEstimate(
             months_after=m,
             time=m,
@@ -1443,7 +1443,7 @@ def fit_its_multisite(
         raise ValueError(f"hac_lags must be >= 0, got {hac_lags}")
     z = _z(alpha)
     scale_name, expo = _natural_scale(family)
-    trf = math.exp if expo else (lambda v: v)
+    trf = _safe_exp if expo else (lambda v: v)
 
     def site_terms(d: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         sites = pd.Categorical(d[site])
@@ -1673,7 +1673,7 @@ def fit_its_by_site(
                     lse = (e.absolute_high - e.absolute_low) / (2 * z)
             if not (np.isfinite(le) and np.isfinite(lse) and lse > 0):
                 raise FloatingPointError("non-finite effect or SE (e.g. no events in one period)")
-            tr = math.exp if expo else (lambda v: v)
+            tr = _safe_exp if expo else (lambda v: v)
             row.update(
                 n_pre=r.n_pre,
                 n_post=r.n_post,
