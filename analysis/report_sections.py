@@ -234,6 +234,8 @@ def _site_months(run: rp.RunData, shared: SharedFits, site_id: str) -> pd.DataFr
 # ---------------------------------------------------------------------------------------------
 # site report sections
 SPC_PROCESSES = (("bundle_compliant", "Bundle compliance"), ("recognised", "Recognised (screen, huddle or order set)"),
+                 ("screen_positive", "Positive sepsis screen"), ("huddle", "Sepsis huddle"),
+                 ("order_set", "Sepsis order set used"),
                  ("fluid_60", "Fluid bolus within 60 minutes"), ("abx_180", "Antibiotic within 180 minutes"))
 
 
@@ -259,6 +261,12 @@ def site_spc_section(run: rp.RunData, shared: SharedFits, site_id: str) -> None:
             title="Sepsis episodes per 1,000 admissions", ylabel="per 1,000 admissions")),
         "Laney u' chart of recognised sepsis episodes per 1,000 hospital admissions."))
     ep = run.episodes_for(site_id)
+    bolus = ep.loc[ep["minutes_to_bolus"].notna(), ["month", "minutes_to_bolus"]]
+    _guarded(run, "Minutes to fluid bolus", lambda: show_figure(_fig_from(
+        spc.xbar_chart(bolus, "month", "minutes_to_bolus", detect_shifts=True).plot(
+            title="Minutes from T0 to first fluid bolus (monthly mean)", ylabel="minutes")),
+        "Xbar chart; a sustained shift found by the runs rules starts new limits. Episodes with "
+        f"a bolus: {rp.count_text(len(bolus), run.min_cell)}."))
     abx = ep.loc[ep["minutes_to_antibiotic"].notna(), ["month", "minutes_to_antibiotic"]]
     _guarded(run, "Minutes to antibiotic", lambda: show_figure(_fig_from(
         spc.xbar_chart(abx, "month", "minutes_to_antibiotic", detect_shifts=True).plot(
