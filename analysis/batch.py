@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .validate import file_sha256 as _file_sha
 
 FORMATS = ("html", "pdf")
 EXECUTORS = ("local", "dask")
@@ -255,14 +256,6 @@ def data_fingerprint(data_dir: str | os.PathLike) -> DataFingerprint:
     site_ids = site_ids or []
     per_site = {s: _sha(*per_site_parts.get(s, [])) for s in site_ids}
     return DataFingerprint(total=_sha(*total_parts), per_site=per_site, site_ids=site_ids, files=files)
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def code_fingerprint() -> str:
