@@ -179,8 +179,9 @@ def _gray_stratum(y, m, ig, ng, rho):
             td = d[1] + d[2]
             skm = np.where(pos, skmm * (rs - td) / np.where(pos, rs, 1), skm)
             f1 = np.where(pos, f1m + skmm * d[1] / np.where(pos, rs, 1), f1)
-            tr = np.sum(np.where(pos, rs / skmm, 0))
-            tq = np.sum(np.where(pos, rs * (1 - f1m) / skmm, 0))
+            with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 only where ~pos (masked)
+                tr = np.sum(np.where(pos, rs / skmm, 0))
+                tq = np.sum(np.where(pos, rs * (1 - f1m) / skmm, 0))
             f = fm + nd1 / tr
             fb = (1 - fm) ** rho
             a = np.zeros((ng, ng))

@@ -166,8 +166,11 @@ def _crude_count(num_pre, den_pre, num_post, den_post, z):
     return pre, post, r, r * math.exp(-z * se), r * math.exp(z * se)
 
 
-def _prepare(coll, sam_window: int, casemix_model) -> tuple[pd.DataFrame, pd.DataFrame]:
-    ep = coll.episodes.copy()
+def _prepare(coll, sam_window: int, casemix_model,
+             site_id: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Episodes with expected deaths and monthly measures; with `site_id`, only that site's
+    (the case-mix model, when not given, is still fitted on the whole collaborative)."""
+    ep = coll.episodes
     outcome = f"sam{sam_window}"
     if outcome not in ep:
         raise ValueError(f"sam_window={sam_window}: episodes have no {outcome!r} column")
@@ -177,10 +180,18 @@ def _prepare(coll, sam_window: int, casemix_model) -> tuple[pd.DataFrame, pd.Dat
             casemix_model = fit_casemix_model(ep, outcome, unseen="reference")
         except ValueError:
             casemix_model = None
+    site_months, sites = coll.site_months, coll.sites
+    if site_id is not None:  # one site's series: predict and aggregate only its rows
+        if site_id not in set(site_months["site_id"]):
+            raise ValueError(f"site_id {site_id!r} not found in site_months")
+        ep = ep[ep["site_id"] == site_id]
+        site_months = site_months[site_months["site_id"] == site_id]
+        sites = sites[sites["site_id"] == site_id]
+    ep = ep.copy()
     if casemix_model is not None:
         ep[f"expected_{outcome}"] = casemix_model.predict(ep)
         extra.append(f"expected_{outcome}")
-    mm = monthly_measures(ep, coll.site_months, sites=coll.sites, extra_sums=extra)
+    mm = monthly_measures(ep, site_months, sites=sites, extra_sums=extra)
     mm["hospital_days_int"] = np.round(mm["hospital_days"].fillna(0.0)).astype(int)
     mm["admissions_k"] = mm["admissions"] / 1000.0
     for col in ("bolus_minutes_median", "antibiotic_minutes_median"):
@@ -249,13 +260,10 @@ def by_the_numbers(
 
     z = float(stats.norm.ppf(1 - alpha / 2))
     conf = round(100 * (1 - alpha))
-    ep, mm = _prepare(coll, sam_window, casemix_model)
+    ep, mm = _prepare(coll, sam_window, casemix_model, site_id)
     level = "collaborative" if site_id is None else "site"
     if site_id is not None:
-        if site_id not in set(mm["site_id"]):
-            raise ValueError(f"site_id {site_id!r} not found in site_months")
         mm = mm[mm["site_id"] == site_id].sort_values("month").reset_index(drop=True)
-        ep = ep[ep["site_id"] == site_id]
     out = f"sam{sam_window}"
     specs = dict(_SPECS)
     specs["mortality"] = (out, "quasipoisson", f"expected_{out}")

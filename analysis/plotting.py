@@ -26,7 +26,10 @@ def set_theme() -> None:
     global _THEMED
     if not _THEMED:
         sns.set_theme(context="notebook", style="whitegrid", palette="deep")
-        plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "axes.titleweight": "bold"})
+        # axes.titley fixed (not None = automatic): matplotlib then skips moving each title above
+        # top-side tick labels (we draw none there), which cost a third of every figure's draw.
+        plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "axes.titleweight": "bold",
+                             "axes.titley": 1.0})
         _THEMED = True
 
 

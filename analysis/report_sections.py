@@ -68,6 +68,10 @@ class SharedFits:
             with path.open("rb") as fh:
                 value = pickle.load(fh)
         else:
+            if self.run.scope is not None:
+                raise RuntimeError(
+                    f"shared fit {name!r} is not in {self.shared_dir} for this data, and a site slice "
+                    f"(hospital {self.run.scope!r} only) cannot compute it; load the full run")
             try:
                 value = getattr(self, f"_compute_{name}")()
             except (ValueError, ArithmeticError, np.linalg.LinAlgError, KeyError) as exc:
@@ -76,11 +80,21 @@ class SharedFits:
         return value
 
     def save(self, shared_dir: str | Path) -> None:
+        """Compute every shared item and pickle it under `shared_dir`. The case-mix model is saved
+        without its fitting data (statsmodels ``remove_data``): every report loads it, and its size
+        would otherwise grow with the collaborative."""
         d = Path(shared_dir)
         d.mkdir(parents=True, exist_ok=True)
-        for name in SHARED_ITEMS:
+        values = {name: self.get(name) for name in SHARED_ITEMS}
+        model = values["casemix"]
+        if not isinstance(model, rp.NotEstimable):
+            res = model.result
+            for attr in ("bse", "pvalues", "tvalues", "llf", "aic", "deviance", "df_resid"):
+                getattr(res, attr)  # cached before the data go
+            res.remove_data()
+        for name, value in values.items():
             with (d / f"{name}.pkl").open("wb") as fh:
-                pickle.dump(self.get(name), fh)
+                pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
         (d / SHARED_META).write_text(json.dumps(self.meta()))
 
     # -- computations --------------------------------------------------------------------------
@@ -191,23 +205,37 @@ def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key:
     """
     run = rp.load_run(data_dir, run_key=run_key)
     SharedFits(run).save(shared_dir)
+    if data_dir is not None and Path(data_dir).is_dir():
+        rp.write_site_slices(run, data_dir, shared_dir)
 
 
 # ---------------------------------------------------------------------------------------------
 # display helpers
+class SvgFigure:
+    """A figure as SVG text (the ``<svg>`` element); displays as ``image/svg+xml``."""
+
+    def __init__(self, data: str):
+        self.data = data
+
+    def _repr_svg_(self) -> str:
+        return self.data
+
+
 def show_figure(fig, caption: str | None = None) -> None:
     """Display a Matplotlib figure as SVG with real text (so the output scanner reads every chart
     label; no embedded binary), then its caption, and close it."""
     import matplotlib.pyplot as plt
-    from IPython.display import SVG
 
     buf = io.StringIO()
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "ipso-report"}):
-        # tight bounding boxes cost one more full draw: skipped for large small-multiple grids
+        # tight bounding boxes cost one more layout pass: skipped for large small-multiple grids
         tight = "tight" if len(fig.axes) <= 12 else None
         fig.savefig(buf, format="svg", bbox_inches=tight, metadata={"Date": None})
     plt.close(fig)
-    rp.show(SVG(data=buf.getvalue()))
+    svg = buf.getvalue()
+    # the <svg> element itself, without the XML prolog and DOCTYPE (as IPython's SVG would give,
+    # without parsing the whole document again)
+    rp.show(SvgFigure(svg[svg.find("<svg"):]))
     if caption:
         rp.show(rp.Md(f"*{caption}*"))
 

@@ -12,8 +12,11 @@ Objects returned for display (:class:`Md`, :class:`ReportTable`) carry ``_repr_m
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib
 import importlib.metadata
+import json
+import pickle
 import platform
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -62,7 +65,8 @@ class RunData:
     ----------
     episodes, sites, site_months, quarantine:
         As :class:`analysis.store.Collaborative` (episodes derived and attached to sites), restricted
-        to months up to ``as_of``.
+        to months up to ``as_of``. In a site slice (``scope`` set) episodes and quarantine hold only
+        that hospital's rows; sites and site-months are the whole collaborative's.
     data_hash:
         SHA-256 of the accepted data (from the store / validation).
     source:
@@ -73,6 +77,9 @@ class RunData:
         Episodes dropped because they fall after ``as_of`` (reported in data quality).
     pseudonyms:
         site_id -> "Hospital X" for this run (:func:`analysis.privacy.site_pseudonyms`).
+    scope:
+        None for a full run; a site id for a site slice (:func:`load_run` with ``site_id`` and a
+        batch ``shared_dir``), whose collaborative-wide methods refuse other hospitals.
     """
 
     episodes: pd.DataFrame
@@ -88,6 +95,13 @@ class RunData:
     run_key: str
     min_cell: int
     pseudonyms: dict = field(default_factory=dict)
+    scope: str | None = None
+
+    def _check_scope(self, site_id: str | None, what: str) -> None:
+        if self.scope is not None and site_id != self.scope:
+            raise ValueError(
+                f"{what}: this run holds only hospital {self.scope!r}'s episodes (a site slice "
+                "from a batch run's shared folder); load the full run with load_run(data_dir)")
 
     def site_name(self, site_id: str) -> str:
         row = self.sites.loc[self.sites["site_id"] == site_id, "site_name"]
@@ -102,13 +116,16 @@ class RunData:
         return self.pseudonyms[site_id]
 
     def episodes_for(self, site_id: str | None) -> pd.DataFrame:
-        if site_id is None:
+        """Episodes of `site_id` (None: every hospital's)."""
+        self._check_scope(site_id, "episodes_for")
+        if site_id is None or self.scope is not None:
             return self.episodes
         return self.episodes[self.episodes["site_id"] == site_id]
 
     def forbidden_strings(self, site_id: str | None = None) -> list[str]:
         """What must never appear in a report for `site_id` (None: the collaborative report):
         every other hospital's id and name, episode and patient identifiers."""
+        self._check_scope(None, "forbidden_strings")
         out = [str(s) for s in self.sites["site_id"] if s != site_id]  # own id: in the parameters
         out += [str(n) for s, n in zip(self.sites["site_id"], self.sites["site_name"]) if s != site_id]
         for col in ("episode_id", "patient_id"):
@@ -123,6 +140,72 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+#: Sub-folder of a batch run's shared folder with one pickled site slice per hospital.
+SITE_SLICES_DIR = "site_runs"
+_SLICES_META = "meta.json"
+
+
+def source_fingerprint(data_dir: str | Path) -> str:
+    """SHA-256 over the names and contents of the files directly in `data_dir` (cheap: no parsing)."""
+    from .validate import file_sha256
+
+    h = hashlib.sha256()
+    for p in sorted(Path(data_dir).iterdir()):
+        if p.is_file():
+            h.update(f"{p.name}:{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _slices_meta(data_dir: str | Path, as_of: Any, settings: Settings) -> dict:
+    return {"source": source_fingerprint(data_dir), "as_of": None if as_of is None else str(as_of),
+            "settings": settings.to_dict()}
+
+
+def write_site_slices(run: RunData, data_dir: str | Path, shared_dir: str | Path,
+                      as_of: Any = None) -> Path:
+    """Save one site slice per hospital of `run` (loaded from `data_dir` with `as_of`) under
+    ``<shared_dir>/site_runs``, so that each site report of a batch loads its own rows instead of
+    reading and validating the whole collaborative (constant cost per report as sites grow).
+    Working space of the batch run, never published."""
+    d = Path(shared_dir) / SITE_SLICES_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    by_site = dict(tuple(run.episodes.groupby("site_id", sort=False, observed=True)))
+    q = run.quarantine
+    q_site = q["site_id"].astype(str) if "site_id" in q else None
+    empty = run.episodes.iloc[0:0]
+    for sid in run.sites["site_id"]:
+        part = RunData(
+            episodes=by_site.get(sid, empty).reset_index(drop=True),
+            sites=run.sites, site_months=run.site_months,
+            quarantine=q[q_site == str(sid)] if q_site is not None else q,
+            summary=run.summary, data_hash=run.data_hash, source=run.source, as_of=run.as_of,
+            excluded_after_as_of=run.excluded_after_as_of, settings=run.settings,
+            run_key="", min_cell=run.min_cell, pseudonyms={}, scope=str(sid),
+        )
+        with (d / f"{sid}.pkl").open("wb") as fh:
+            pickle.dump(part, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    (d / _SLICES_META).write_text(json.dumps(_slices_meta(data_dir, as_of, run.settings), sort_keys=True))
+    return d
+
+
+def _load_site_slice(data_dir: str | Path, shared_dir: str | Path, site_id: str, as_of: Any,
+                     settings: Settings) -> RunData | None:
+    """The site slice written by :func:`write_site_slices`, or None when there is none or it was
+    made from other data files, another cut-off or other settings."""
+    d = Path(shared_dir) / SITE_SLICES_DIR
+    path = d / f"{site_id}.pkl"
+    try:
+        meta = json.loads((d / _SLICES_META).read_text())
+        if not path.is_file() or meta != json.loads(json.dumps(_slices_meta(data_dir, as_of, settings),
+                                                               sort_keys=True)):
+            return None
+        with path.open("rb") as fh:
+            part = pickle.load(fh)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+        return None
+    return part if isinstance(part, RunData) and part.scope == str(site_id) else None
+
+
 def load_run(
     data_dir: str | Path | None = None,
     *,
@@ -131,6 +214,8 @@ def load_run(
     min_cell: int = privacy.DEFAULT_MIN_CELL,
     settings: Settings = DEFAULT_SETTINGS,
     simulate: Mapping[str, Any] | None = None,
+    site_id: str | None = None,
+    shared_dir: str | Path | None = None,
 ) -> RunData:
     """Load the data of a report run.
 
@@ -147,11 +232,21 @@ def load_run(
         Key of the hospital pseudonyms (same key, same "Hospital X" in every report of the run).
     min_cell:
         Smallest count shown (counts 1 to ``min_cell - 1`` are suppressed).
+    site_id, shared_dir:
+        A site report of a batch run: when `shared_dir` holds a site slice of `site_id` made from
+        the same data files, cut-off and settings (:func:`write_site_slices`), only that slice is
+        loaded (``scope`` = `site_id`); otherwise the whole collaborative, as without them.
     """
     from .store import collaborative_from_frames, load_collaborative
 
     if data_dir is None and DEFAULT_SYNTHETIC_DIR.exists() and simulate is None:
         data_dir = DEFAULT_SYNTHETIC_DIR
+    if site_id is not None and shared_dir is not None and data_dir is not None and Path(data_dir).is_dir():
+        part = _load_site_slice(data_dir, shared_dir, site_id, as_of, settings)
+        if part is not None:
+            part.run_key, part.min_cell = run_key, int(min_cell)
+            part.pseudonyms = privacy.site_pseudonyms(part.sites["site_id"], run_key=run_key)
+            return part
     if data_dir is not None:
         path = Path(data_dir)
         if not path.exists():

@@ -84,7 +84,7 @@ def test_sections_display_without_errors(run, shown):
     rs.site_survival_section(run, "S01", checks)
     rs.collaborative_its_section(run, shared)
     kinds = [type(o).__name__ for o in shown]
-    assert kinds.count("SVG") >= 4, kinds
+    assert kinds.count("SvgFigure") >= 4, kinds
     text = " ".join(str(getattr(o, "data", o)) for o in shown)
     for s, n in zip(run.sites["site_id"], run.sites["site_name"]):
         assert n not in text
@@ -135,3 +135,58 @@ def test_site_in_pool_names_no_other_hospital(run):
         assert f"{row['estimate']:.2f}" in text
     for s, n in zip(run.sites["site_id"], run.sites["site_name"]):
         assert s not in text and n not in text
+
+
+def test_site_slice_matches_full_run_and_refuses_other_hospitals(run, data_dir, tmp_path):
+    shared_dir = tmp_path / "_shared"
+    rp.compute_shared(data_dir, shared_dir, "k-test")
+    part = rp.load_run(data_dir, run_key="k-test", site_id="S02", shared_dir=shared_dir)
+    assert part.scope == "S02"
+    full = rp.load_run(data_dir, run_key="k-test")
+    pd.testing.assert_frame_equal(part.episodes_for("S02").reset_index(drop=True),
+                                  full.episodes_for("S02").reset_index(drop=True))
+    assert part.pseudonyms == full.pseudonyms and part.data_hash == full.data_hash
+    assert rp.estimability(part, "S02") == rp.estimability(full, "S02")
+    assert str(rp.report_header(part, "S02")) == str(rp.report_header(full, "S02"))
+    # the site's headline numbers from the slice equal those from the whole collaborative
+    a = rs.SharedFits(part, shared_dir)
+    b = rs.SharedFits(full, shared_dir)
+    from analysis.impact import by_the_numbers
+    ta = by_the_numbers(part, site_id="S02", casemix_model=a.get("casemix")).table
+    tb = by_the_numbers(full, site_id="S02", casemix_model=b.get("casemix")).table
+    pd.testing.assert_frame_equal(ta, tb)
+    with pytest.raises(ValueError, match="only"):
+        part.episodes_for("S01")
+    with pytest.raises(ValueError, match="only"):
+        part.forbidden_strings("S02")
+    # a slice cannot compute collaborative fits: refused, never computed from one hospital
+    with pytest.raises(RuntimeError, match="site slice"):
+        rs.SharedFits(part, tmp_path / "empty").get("by_site")
+
+
+def test_site_slice_ignored_when_data_cut_off_or_key_differ(data_dir, tmp_path):
+    shared_dir = tmp_path / "_shared"
+    rp.compute_shared(data_dir, shared_dir, "k-test")
+    assert rp.load_run(data_dir, site_id="S01", shared_dir=shared_dir, as_of="2017-06").scope is None
+    assert rp.load_run(data_dir, site_id="S01").scope is None
+    other = rp.load_run(data_dir, run_key="other", site_id="S01", shared_dir=shared_dir)
+    assert other.scope == "S01"
+    assert other.pseudonyms == rp.load_run(data_dir, run_key="other").pseudonyms
+    # changed data files (same names): the slices no longer apply
+    copy = tmp_path / "data"
+    copy.mkdir()
+    for p in data_dir.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    (copy / "note.txt").write_text("changed")
+    assert rp.load_run(copy, site_id="S01", shared_dir=shared_dir).scope is None
+
+
+def test_shared_casemix_model_is_saved_without_its_data(run, data_dir, tmp_path):
+    shared_dir = tmp_path / "_shared"
+    rp.compute_shared(data_dir, shared_dir, "k-test")
+    saved = pickle.loads((shared_dir / "casemix.pkl").read_bytes())
+    fresh = rs.SharedFits(run).get("casemix")
+    ep = run.episodes_for("S03")
+    pd.testing.assert_series_equal(saved.predict(ep), fresh.predict(ep))
+    pd.testing.assert_frame_equal(saved.summary(), fresh.summary())
+    assert (shared_dir / "casemix.pkl").stat().st_size < len(pickle.dumps(fresh)) / 5
