@@ -757,6 +757,11 @@ class LocalPool:
         for th in threads:
             th.join(timeout=60)
 
+    def prestart(self) -> None:
+        """Start every worker now (each boots its kernel in the background); returns at once."""
+        for i in range(self.jobs):
+            self._worker(i)
+
     def close(self) -> None:
         """Stop every worker and its kernel."""
         for i in range(self.jobs):
@@ -1057,174 +1062,184 @@ def render_batch(
         prev_reports.get(r, {}).get("status") != "ok"
         for r in ([f"site-{s}" for s in chosen] + ([COLLABORATIVE_ID] if collaborative else []))
     )
-    shared_status, shared_digest, shared_error, shared_seconds = _ensure_shared(
-        data_dir, shared_dir, run_key, shared_needed, compute_shared, inputs_key
-    )
-
-    common = {
-        "data_dir": str(data_dir), "run_key": run_key,
-        "shared_dir": str(shared_dir), "renderer": renderer, "formats": list(fmts),
-    }
-    common.update(extra)
-    nb_hash = {p: _file_sha(p) for p in needed_nbs}
-    declared = {p: _notebook_parameter_names(p) for p in needed_nbs}
-
-    plans: list[_Plan] = []
-
-    def plan(report_id: str, kind: str, site_id: str | None, nb: Path, data_hash: str, stem: str) -> None:
-        params = dict(common, site_id=site_id)
-        if declared[nb] is not None:
-            params = {k: v for k, v in params.items() if k in declared[nb]}
-        keyed = {k: v for k, v in params.items() if k not in _LOCATION_PARAMETERS}
-        key = _sha(kind, str(site_id), data_hash, shared_digest, nb_hash[nb], code_hash,
-                   _json_sha(versions), _json_sha(keyed), renderer, ",".join(fmts))[:24]
-        outputs = {f: f"{stem}.{f}" for f in fmts}
-        task = {
-            "report_id": report_id, "notebook": str(nb), "parameters": params, "key": key,
-            "work_dir": str(out_dir / WORK_DIRNAME / report_id), "out_dir": str(out_dir),
-            "outputs": outputs, "renderer": renderer, "fault": os.environ.get(FAULT_ENV),
-        }
-        plans.append(_Plan(task, report_id, kind, site_id, key, outputs))
-
-    if collaborative:
-        plan(COLLABORATIVE_ID, "collaborative", None, coll_nb, fp.total, COLLABORATIVE_ID)
-    for s in chosen:
-        plan(f"site-{s}", "site", s, site_nb, fp.per_site.get(s, ""), f"sites/{s}")
-
-    def is_current(p: _Plan) -> bool:
-        prev = prev_reports.get(p.report_id)
-        return bool(
-            prev and prev.get("status") == "ok" and prev.get("key") == p.key
-            and all((out_dir / rel).is_file() for rel in p.outputs.values())
+    kernel_options: dict[str, Any] = {"timeout": timeout}
+    if kernel_preload is not None:
+        kernel_options["preload"] = list(kernel_preload)
+    log_dir = out_dir / WORK_DIRNAME / "_logs"
+    # Reports will (most likely) be rendered: start the workers now, so that their kernels boot
+    # and import the stack while this process computes the shared fits.
+    early: LocalPool | None = None
+    if executor == "local" and pool is None and shared_needed and (chosen or collaborative):
+        early = LocalPool(max(1, min(jobs, len(chosen) + int(collaborative))), kernel_options, log_dir)
+        early.prestart()
+    try:
+        shared_status, shared_digest, shared_error, shared_seconds = _ensure_shared(
+            data_dir, shared_dir, run_key, shared_needed, compute_shared, inputs_key
         )
 
-    if force:
-        todo = list(plans)
-    elif retry_failed:
-        todo = [p for p in plans if prev_reports.get(p.report_id, {}).get("status") == "failed"]
-    else:
-        todo = [p for p in plans if not is_current(p)]
-    todo_ids = {p.report_id for p in todo}
+        common = {
+            "data_dir": str(data_dir), "run_key": run_key,
+            "shared_dir": str(shared_dir), "renderer": renderer, "formats": list(fmts),
+        }
+        common.update(extra)
+        nb_hash = {p: _file_sha(p) for p in needed_nbs}
+        declared = {p: _notebook_parameter_names(p) for p in needed_nbs}
 
-    results: dict[str, ReportResult] = {}
-    for p in plans:
-        if p.report_id not in todo_ids:
-            prev = prev_reports.get(p.report_id, {})
-            if is_current(p):
-                status = "up-to-date"
-            elif prev.get("status") == "failed":
-                status = "failed"
-            else:
-                status = "skipped"  # stale or never rendered, left alone by --retry-failed
-            results[p.report_id] = ReportResult(
-                p.report_id, p.kind, p.site_id, status, prev.get("key", p.key),
-                outputs=prev.get("outputs", {}), seconds=prev.get("seconds"),
-                error=prev.get("error"), executed_notebook=prev.get("executed_notebook"),
-                rendered_at=prev.get("rendered_at"), worker=prev.get("worker"),
+        plans: list[_Plan] = []
+
+        def plan(report_id: str, kind: str, site_id: str | None, nb: Path, data_hash: str, stem: str) -> None:
+            params = dict(common, site_id=site_id)
+            if declared[nb] is not None:
+                params = {k: v for k, v in params.items() if k in declared[nb]}
+            keyed = {k: v for k, v in params.items() if k not in _LOCATION_PARAMETERS}
+            key = _sha(kind, str(site_id), data_hash, shared_digest, nb_hash[nb], code_hash,
+                       _json_sha(versions), _json_sha(keyed), renderer, ",".join(fmts))[:24]
+            outputs = {f: f"{stem}.{f}" for f in fmts}
+            task = {
+                "report_id": report_id, "notebook": str(nb), "parameters": params, "key": key,
+                "work_dir": str(out_dir / WORK_DIRNAME / report_id), "out_dir": str(out_dir),
+                "outputs": outputs, "renderer": renderer, "fault": os.environ.get(FAULT_ENV),
+            }
+            plans.append(_Plan(task, report_id, kind, site_id, key, outputs))
+
+        if collaborative:
+            plan(COLLABORATIVE_ID, "collaborative", None, coll_nb, fp.total, COLLABORATIVE_ID)
+        for s in chosen:
+            plan(f"site-{s}", "site", s, site_nb, fp.per_site.get(s, ""), f"sites/{s}")
+
+        def is_current(p: _Plan) -> bool:
+            prev = prev_reports.get(p.report_id)
+            return bool(
+                prev and prev.get("status") == "ok" and prev.get("key") == p.key
+                and all((out_dir / rel).is_file() for rel in p.outputs.values())
             )
 
-    manifest: dict[str, Any] = {
-        "tool": "ipso render",
-        "version": __version__,
-        "inputs_key": inputs_key,
-        "started": _now(),
-        "finished": None,
-        "git": git_state(),
-        "inputs": {
-            "data_dir": str(data_dir), "data_files": fp.files, "data_hash": fp.total,
-            "code_hash": code_hash, "shared_digest": shared_digest,
-            "notebooks": {str(p): h for p, h in nb_hash.items()},
-        },
-        "parameters": {k: ("<secret: _work/run_key>" if k == "run_key" else v) for k, v in common.items()},
-        "versions": versions,
-        "settings": {
-            "jobs": jobs, "executor": executor, "scheduler": scheduler, "renderer": renderer,
-            "formats": fmts, "force": force, "retry_failed": retry_failed, "timeout": timeout,
-        },
-        "shared": {"status": shared_status, "dir": SHARED_DIRNAME, "seconds": round(shared_seconds, 3),
-                   "error": shared_error},
-        "reports": prev_reports,
-    }
-    lock = threading.Lock()
-    plan_by_id = {p.report_id: p for p in plans}
+        if force:
+            todo = list(plans)
+        elif retry_failed:
+            todo = [p for p in plans if prev_reports.get(p.report_id, {}).get("status") == "failed"]
+        else:
+            todo = [p for p in plans if not is_current(p)]
+        todo_ids = {p.report_id for p in todo}
 
-    def record(res: dict[str, Any]) -> None:
-        p = plan_by_id[res["report_id"]]
-        rr = ReportResult(
-            p.report_id, p.kind, p.site_id, res["status"], p.key,
-            outputs=res.get("outputs") or {}, seconds=res.get("seconds"),
-            execute_seconds=res.get("execute_seconds"), export_seconds=res.get("export_seconds"),
-            error=res.get("error"), executed_notebook=res.get("executed_notebook"),
-            rendered_at=_now(), worker=res.get("worker"),
-        )
-        with lock:
-            results[p.report_id] = rr
-            entry = asdict(rr)
-            entry.pop("report_id")
-            prev_reports[p.report_id] = entry
-            if rr.status in ("ok", "failed"):
-                atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
-
-    # -- render ---------------------------------------------------------------------------
-    if todo:
-        from .console import progress
-
-        kernel_options: dict[str, Any] = {"timeout": timeout}
-        if kernel_preload is not None:
-            kernel_options["preload"] = list(kernel_preload)
-        log_dir = out_dir / WORK_DIRNAME / "_logs"
-        tasks = [p.task for p in todo]
-        with progress(enabled=show_progress) as bar:
-            task_id = bar.add_task(f"rendering {len(tasks)} report(s) on {min(jobs, len(tasks))} worker(s)",
-                                   total=len(tasks))
-
-            def on_result(res: dict[str, Any]) -> None:
-                record(res)
-                bar.advance(task_id)
-
-            if executor == "local" and pool is not None:
-                pool.run(tasks, on_result)
-            elif executor == "local":
-                run_local(tasks, jobs, on_result, kernel_options, log_dir)
-            else:
-                run_dask(tasks, jobs, on_result, kernel_options, scheduler, processes=dask_processes)
-
-            executed = {rid: r for rid, r in results.items() if r.status == "executed"}
-            if executed:
-                bar.update(task_id, description="quarto: rendering the run's notebooks together")
-                errors = quarto_render_run(
-                    out_dir,
-                    {rid: (out_dir / r.executed_notebook, plan_by_id[rid].outputs)
-                     for rid, r in executed.items()},
-                    fmts,
+        results: dict[str, ReportResult] = {}
+        for p in plans:
+            if p.report_id not in todo_ids:
+                prev = prev_reports.get(p.report_id, {})
+                if is_current(p):
+                    status = "up-to-date"
+                elif prev.get("status") == "failed":
+                    status = "failed"
+                else:
+                    status = "skipped"  # stale or never rendered, left alone by --retry-failed
+                results[p.report_id] = ReportResult(
+                    p.report_id, p.kind, p.site_id, status, prev.get("key", p.key),
+                    outputs=prev.get("outputs", {}), seconds=prev.get("seconds"),
+                    error=prev.get("error"), executed_notebook=prev.get("executed_notebook"),
+                    rendered_at=prev.get("rendered_at"), worker=prev.get("worker"),
                 )
-                for rid, err in errors.items():
-                    r = executed[rid]
-                    record({**asdict(r), "status": "failed" if err else "ok", "error": err,
-                            "outputs": {} if err else plan_by_id[rid].outputs})
 
-    manifest["finished"] = _now()
-    ordered = [results[p.report_id] for p in plans]
-    wall = time.perf_counter() - t_start
-    manifest["timings"] = {
-        "wall_seconds": round(wall, 3),
-        "rendered": sum(r.status == "ok" for r in ordered),
-        "report_seconds_total": round(sum(r.seconds or 0 for r in ordered if r.status == "ok"), 3),
-    }
-    manifest["summary"] = {
-        "selected": len(ordered),
-        "rendered": sum(r.status == "ok" for r in ordered),
-        "up_to_date": sum(r.status == "up-to-date" for r in ordered),
-        "failed": sum(r.status == "failed" for r in ordered),
-    }
-    with lock:
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
-        atomic_write_text(index_path, build_index(manifest, {r.report_id: r.status for r in ordered}))
-    return BatchResult(
-        out_dir=out_dir, index_path=index_path, manifest_path=manifest_path, reports=ordered,
-        wall_seconds=wall, inputs_key=inputs_key, shared_status=shared_status, renderer=renderer,
-        executor=executor, jobs=jobs,
-    )
+        manifest: dict[str, Any] = {
+            "tool": "ipso render",
+            "version": __version__,
+            "inputs_key": inputs_key,
+            "started": _now(),
+            "finished": None,
+            "git": git_state(),
+            "inputs": {
+                "data_dir": str(data_dir), "data_files": fp.files, "data_hash": fp.total,
+                "code_hash": code_hash, "shared_digest": shared_digest,
+                "notebooks": {str(p): h for p, h in nb_hash.items()},
+            },
+            "parameters": {k: ("<secret: _work/run_key>" if k == "run_key" else v) for k, v in common.items()},
+            "versions": versions,
+            "settings": {
+                "jobs": jobs, "executor": executor, "scheduler": scheduler, "renderer": renderer,
+                "formats": fmts, "force": force, "retry_failed": retry_failed, "timeout": timeout,
+            },
+            "shared": {"status": shared_status, "dir": SHARED_DIRNAME, "seconds": round(shared_seconds, 3),
+                       "error": shared_error},
+            "reports": prev_reports,
+        }
+        lock = threading.Lock()
+        plan_by_id = {p.report_id: p for p in plans}
+
+        def record(res: dict[str, Any]) -> None:
+            p = plan_by_id[res["report_id"]]
+            rr = ReportResult(
+                p.report_id, p.kind, p.site_id, res["status"], p.key,
+                outputs=res.get("outputs") or {}, seconds=res.get("seconds"),
+                execute_seconds=res.get("execute_seconds"), export_seconds=res.get("export_seconds"),
+                error=res.get("error"), executed_notebook=res.get("executed_notebook"),
+                rendered_at=_now(), worker=res.get("worker"),
+            )
+            with lock:
+                results[p.report_id] = rr
+                entry = asdict(rr)
+                entry.pop("report_id")
+                prev_reports[p.report_id] = entry
+                if rr.status in ("ok", "failed"):
+                    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+
+        # -- render ---------------------------------------------------------------------------
+        if todo:
+            from .console import progress
+
+            tasks = [p.task for p in todo]
+            with progress(enabled=show_progress) as bar:
+                task_id = bar.add_task(f"rendering {len(tasks)} report(s) on {min(jobs, len(tasks))} worker(s)",
+                                       total=len(tasks))
+
+                def on_result(res: dict[str, Any]) -> None:
+                    record(res)
+                    bar.advance(task_id)
+
+                if executor == "local" and (pool or early) is not None:
+                    (pool or early).run(tasks, on_result)
+                elif executor == "local":
+                    run_local(tasks, jobs, on_result, kernel_options, log_dir)
+                else:
+                    run_dask(tasks, jobs, on_result, kernel_options, scheduler, processes=dask_processes)
+
+                executed = {rid: r for rid, r in results.items() if r.status == "executed"}
+                if executed:
+                    bar.update(task_id, description="quarto: rendering the run's notebooks together")
+                    errors = quarto_render_run(
+                        out_dir,
+                        {rid: (out_dir / r.executed_notebook, plan_by_id[rid].outputs)
+                         for rid, r in executed.items()},
+                        fmts,
+                    )
+                    for rid, err in errors.items():
+                        r = executed[rid]
+                        record({**asdict(r), "status": "failed" if err else "ok", "error": err,
+                                "outputs": {} if err else plan_by_id[rid].outputs})
+
+        manifest["finished"] = _now()
+        ordered = [results[p.report_id] for p in plans]
+        wall = time.perf_counter() - t_start
+        manifest["timings"] = {
+            "wall_seconds": round(wall, 3),
+            "rendered": sum(r.status == "ok" for r in ordered),
+            "report_seconds_total": round(sum(r.seconds or 0 for r in ordered if r.status == "ok"), 3),
+        }
+        manifest["summary"] = {
+            "selected": len(ordered),
+            "rendered": sum(r.status == "ok" for r in ordered),
+            "up_to_date": sum(r.status == "up-to-date" for r in ordered),
+            "failed": sum(r.status == "failed" for r in ordered),
+        }
+        with lock:
+            atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+            atomic_write_text(index_path, build_index(manifest, {r.report_id: r.status for r in ordered}))
+        return BatchResult(
+            out_dir=out_dir, index_path=index_path, manifest_path=manifest_path, reports=ordered,
+            wall_seconds=wall, inputs_key=inputs_key, shared_status=shared_status, renderer=renderer,
+            executor=executor, jobs=jobs,
+        )
+    finally:
+        if early is not None:
+            early.close()
 
 
 # =============================================================================================

@@ -29,6 +29,10 @@ from . import reporting as rp
 SHARED_META = "shared_meta.json"
 SHARED_ITEMS = ("casemix", "site_months", "oe_by_site", "multisite", "by_site", "associations",
                 "impact", "los")
+#: What site reports use: computed once by :func:`compute_shared` before any report starts. The
+#: rest (pooled event study, process associations, collaborative impact and length of stay) is
+#: used only by the collaborative report, which computes it itself, in parallel with site reports.
+SITE_ITEMS = ("casemix", "site_months", "oe_by_site", "by_site")
 #: Mortality outcome of the models (30-day sepsis-attributable mortality).
 OUTCOME = "sam30"
 EXPECTED = "expected_sam30"
@@ -79,15 +83,18 @@ class SharedFits:
         self._cache[name] = value
         return value
 
-    def save(self, shared_dir: str | Path) -> None:
-        """Compute every shared item and pickle it under `shared_dir`. The case-mix model is saved
+    def save(self, shared_dir: str | Path, items: tuple[str, ...] = SHARED_ITEMS) -> None:
+        """Compute the shared `items` and pickle them under `shared_dir`. The case-mix model is saved
         without its fitting data (statsmodels ``remove_data``): every report loads it, and its size
         would otherwise grow with the collaborative."""
         d = Path(shared_dir)
         d.mkdir(parents=True, exist_ok=True)
-        values = {name: self.get(name) for name in SHARED_ITEMS}
-        model = values["casemix"]
-        if not isinstance(model, rp.NotEstimable):
+        unknown = set(items) - set(SHARED_ITEMS)
+        if unknown:
+            raise ValueError(f"unknown shared items {sorted(unknown)}; known: {', '.join(SHARED_ITEMS)}")
+        values = {name: self.get(name) for name in items}
+        model = values.get("casemix")
+        if model is not None and not isinstance(model, rp.NotEstimable):
             res = model.result
             for attr in ("bse", "pvalues", "tvalues", "llf", "aic", "deviance", "df_resid"):
                 getattr(res, attr)  # cached before the data go
@@ -198,13 +205,16 @@ def _mortality_months(sm: pd.DataFrame) -> pd.DataFrame:
     return sm.reset_index(drop=True)
 
 
-def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str) -> None:
-    """Compute the run's shared fits once and save them (pickles) under `shared_dir`.
+def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str,
+                   items: tuple[str, ...] = SITE_ITEMS) -> None:
+    """Compute the run's shared fits once and save them (pickles) under `shared_dir`, with one
+    site slice per hospital (:func:`analysis.reporting.write_site_slices`).
 
-    Called by :func:`analysis.batch.render_batch`; `shared_dir` is working space, never published.
+    Called by :func:`analysis.batch.render_batch` before any report starts; `items` defaults to
+    what site reports need (:data:`SITE_ITEMS`). `shared_dir` is working space, never published.
     """
     run = rp.load_run(data_dir, run_key=run_key)
-    SharedFits(run).save(shared_dir)
+    SharedFits(run).save(shared_dir, items)
     if data_dir is not None and Path(data_dir).is_dir():
         rp.write_site_slices(run, data_dir, shared_dir)
 

@@ -731,7 +731,7 @@ def data_window_note(run: RunData) -> Md:
 
 def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str) -> None:
     """Compute a run's heavy shared fits once (case-mix model, site-month expected deaths, O/E by
-    hospital, pooled and per-hospital ITS, process associations) and save them under `shared_dir`
+    hospital, per-hospital ITS) and a site slice per hospital, and save them under `shared_dir`
     (working space of the batch run, never published). Notebooks given ``shared_dir`` reuse them
     when they were computed from the same data and cut-off; see
     :class:`analysis.report_sections.SharedFits`."""

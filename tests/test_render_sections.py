@@ -36,7 +36,7 @@ def test_compute_shared_writes_and_notebooks_reuse(run, data_dir, tmp_path):
     shared_dir = tmp_path / "_shared"
     rp.compute_shared(data_dir, shared_dir, "k-test")
     names = {p.name for p in shared_dir.iterdir()}
-    assert {f"{n}.pkl" for n in rs.SHARED_ITEMS} | {rs.SHARED_META} <= names
+    assert {f"{n}.pkl" for n in rs.SITE_ITEMS} | {rs.SHARED_META, rp.SITE_SLICES_DIR} <= names
     meta = json.loads((shared_dir / rs.SHARED_META).read_text())
     assert meta["data_hash"] == run.data_hash
     # a planted marker in a pickle is what a notebook gets back: the file is really reused
