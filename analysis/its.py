@@ -765,6 +765,7 @@ def fit_its(
     transition: int = 0,
     slope_change: bool = True,
     alpha: float = 0.05,
+    check_gaps: bool = True,
 ) -> ITSResult:
     """Fit a single interrupted time series (segmented regression).
 
@@ -783,43 +784,9 @@ def fit_its(
     transition: months from go-live excluded from fitting (phase-in).
     slope_change: include the change-in-slope term (centred at go-live).
     alpha: 1 - confidence level.
+    check_gaps: raise when months are missing from the series (default); ``False`` (used by
+        :func:`fit_its_by_site`) fits the months present.
     """
-    return _fit_its(
-        data,
-        outcome,
-        time=time,
-        intervention=intervention,
-        family=family,
-        exposure=exposure,
-        trials=trials,
-        seasonality=seasonality,
-        autocorrelation=autocorrelation,
-        hac_lags=hac_lags,
-        transition=transition,
-        slope_change=slope_change,
-        alpha=alpha,
-    )
-
-
-def _fit_its(
-    data: pd.DataFrame,
-    outcome: str,
-    *,
-    time: str,
-    intervention: Any,
-    family: Family = "poisson",
-    exposure: str | None = None,
-    trials: str | None = None,
-    seasonality: int = 0,
-    autocorrelation: Autocorrelation = "hac",
-    hac_lags: int | None = None,
-    transition: int = 0,
-    slope_change: bool = True,
-    alpha: float = 0.05,
-    check_gaps: bool = True,
-) -> ITSResult:
-    """Implementation of :func:`fit_its`; ``check_gaps=False`` (used by :func:`fit_its_by_site`)
-    allows months missing from the series."""
     if autocorrelation not in ("none", "hac", "ar1"):
         raise ValueError(f"autocorrelation must be 'none', 'hac' or 'ar1', got {autocorrelation!r}")
     if not 0 < alpha < 1:
@@ -1650,7 +1617,7 @@ def fit_its_by_site(
             row["zero_exposure_months"] = int(drop.sum())
             gg = g[~drop]
         try:
-            r = _fit_its(
+            r = fit_its(
                 gg,
                 outcome,
                 time=time,

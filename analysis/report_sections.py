@@ -13,7 +13,6 @@ site ids and are never published (batch keeps them under ``<out>/_shared``).
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import re
@@ -234,18 +233,10 @@ class SvgFigure:
 def show_figure(fig, caption: str | None = None) -> None:
     """Display a Matplotlib figure as SVG with real text (so the output scanner reads every chart
     label; no embedded binary), then its caption, and close it."""
-    import matplotlib.pyplot as plt
+    from .plotting import figure_svg
 
-    buf = io.StringIO()
-    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "ipso-report"}):
-        # tight bounding boxes cost one more layout pass: skipped for large small-multiple grids
-        tight = "tight" if len(fig.axes) <= 12 else None
-        fig.savefig(buf, format="svg", bbox_inches=tight, metadata={"Date": None})
-    plt.close(fig)
-    svg = buf.getvalue()
-    # the <svg> element itself, without the XML prolog and DOCTYPE (as IPython's SVG would give,
-    # without parsing the whole document again)
-    rp.show(SvgFigure(svg[svg.find("<svg"):]))
+    # tight cropping costs get_tightbbox over every axis: skipped for large small-multiple grids
+    rp.show(SvgFigure(figure_svg(fig, tight=len(fig.axes) <= 12)))
     if caption:
         rp.show(rp.Md(f"*{caption}*"))
 

@@ -191,6 +191,7 @@ def test_batch_renders_everything_then_no_change_run_starts_nothing(tmp_path, st
         raise AssertionError("a worker was started although nothing changed")
 
     monkeypatch.setattr(batch, "run_local", no_workers)
+    monkeypatch.setattr(batch.LocalPool, "prestart", no_workers)
     t0 = time.perf_counter()
     again = run(d, out, compute_shared=compute_shared)
     assert time.perf_counter() - t0 < 5
@@ -290,6 +291,30 @@ def test_dask_executor_gives_identical_outputs(tmp_path, stable_code, pool):
         assert a == b
     assert {r.report_id: r.key for r in local.reports} == {r.report_id: r.key for r in dask.reports}
     assert batch._KERNELS == {}  # the cluster's kernels were shut down
+
+
+def test_workers_boot_while_shared_fits_are_computed(tmp_path, stable_code):
+    """Without a caller's pool, the run's workers are started before the shared hook runs, so
+    kernel start-up overlaps it; the workers then render the reports and are stopped."""
+    import psutil
+
+    def workers():  # this run's worker processes (other tests' pools may be alive too)
+        return [k for k in psutil.Process().children(recursive=False)
+                if k.pid not in before and "_local_worker_main" in " ".join(k.cmdline())]
+
+    before = {k.pid for k in psutil.Process().children(recursive=False)}
+    d = write_data(tmp_path / "d", sites=("S01", "S02"))
+    seen = []
+
+    def compute_shared(data_dir, shared_dir, run_key):
+        seen.append(len(workers()))
+
+    res = run(d, tmp_path / "run", jobs=2, compute_shared=compute_shared, collaborative=False)
+    assert res.ok, res.summary()
+    assert seen == [2]
+    left = workers()
+    psutil.wait_procs(left, timeout=10)
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in left)
 
 
 def test_cli_render_json_and_exit_status(tmp_path):
