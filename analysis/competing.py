@@ -155,81 +155,84 @@ class GrayTestResult:
 
 
 def _gray_stratum(y, m, ig, ng, rho):
-    """Score and variance contributions of one stratum (Gray 1988; computed as cmprsk crstm)."""
-    order = np.argsort(y, kind="stable")
-    y, m, ig = y[order], m[order], ig[order]
+    """Score and variance contributions of one stratum (Gray 1988; computed as cmprsk crstm).
+
+    A sequential pass over the distinct times, as crstm; the per-group state is kept in Python
+    floats (groups are few, times many), and the event counts at every time are tallied at once.
+    """
+    uniq, inv = np.unique(y, return_inverse=True)
+    counts = np.zeros((len(uniq), 3, ng))
+    np.add.at(counts, (inv, m, ig), 1)
+    event_rows = np.flatnonzero(counts[:, 1:, :].sum(axis=(1, 2)) > 0)
+    leave_before = np.cumsum(counts.sum(axis=1), axis=0) - counts.sum(axis=1)  # left before each time
+    total = np.bincount(ig, minlength=ng).astype(float)
     ng1 = ng - 1
-    rs = np.bincount(ig, minlength=ng).astype(float)
-    f1m, f1 = np.zeros(ng), np.zeros(ng)
-    skmm, skm = np.ones(ng), np.ones(ng)
-    v3 = np.zeros(ng)
-    v2 = np.zeros((ng1, ng))
-    c = np.zeros((ng, ng))
-    s = np.zeros(ng1)
-    v = np.zeros((ng1, ng1))
+    rng, rng1 = range(ng), range(ng1)
+    f1m, skmm = [0.0] * ng, [1.0] * ng
+    v3 = [0.0] * ng
+    v2 = [[0.0] * ng for _ in rng1]
+    c = [[0.0] * ng for _ in rng]
+    s = [0.0] * ng1
+    v = [[0.0] * ng1 for _ in rng1]
     fm = 0.0
-    _, start = np.unique(y, return_index=True)
-    ends = np.append(start[1:], len(y))
-    for lo, hi in zip(start, ends):
-        d = np.zeros((3, ng))
-        np.add.at(d, (m[lo:hi], ig[lo:hi]), 1)
-        nd1, nd2 = d[1].sum(), d[2].sum()
-        if nd1 > 0 or nd2 > 0:
-            pos = rs > 0
-            td = d[1] + d[2]
-            skm = np.where(pos, skmm * (rs - td) / np.where(pos, rs, 1), skm)
-            f1 = np.where(pos, f1m + skmm * d[1] / np.where(pos, rs, 1), f1)
-            with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 only where ~pos (masked)
-                tr = np.sum(np.where(pos, rs / skmm, 0))
-                tq = np.sum(np.where(pos, rs * (1 - f1m) / skmm, 0))
-            f = fm + nd1 / tr
-            fb = (1 - fm) ** rho
-            a = np.zeros((ng, ng))
-            for i in range(ng):
-                if rs[i] <= 0:
+    for row in event_rows:
+        rs = (total - leave_before[row]).tolist()
+        d1, d2 = counts[row, 1].tolist(), counts[row, 2].tolist()
+        nd1, nd2 = sum(d1), sum(d2)
+        pos = [r > 0 for r in rs]
+        skm = [skmm[k] * (rs[k] - d1[k] - d2[k]) / rs[k] if pos[k] else skmm[k] for k in rng]
+        f1 = [f1m[k] + skmm[k] * d1[k] / rs[k] if pos[k] else f1m[k] for k in rng]
+        tr = sum(rs[k] / skmm[k] for k in rng if pos[k])
+        tq = sum(rs[k] * (1 - f1m[k]) / skmm[k] for k in rng if pos[k])
+        f = fm + nd1 / tr
+        fb = (1 - fm) ** rho
+        a = [[0.0] * ng for _ in rng]
+        for i in rng:
+            if not pos[i]:
+                continue
+            t1 = rs[i] / skmm[i]
+            a[i][i] = fb * t1 * (1 - t1 / tr)
+            c[i][i] += a[i][i] * nd1 / (tr * (1 - fm))
+            for j in range(i + 1, ng):
+                if not pos[j]:
                     continue
-                t1 = rs[i] / skmm[i]
-                a[i, i] = fb * t1 * (1 - t1 / tr)
-                c[i, i] += a[i, i] * nd1 / (tr * (1 - fm))
-                for j in range(i + 1, ng):
-                    if rs[j] <= 0:
-                        continue
-                    a[i, j] = -fb * t1 * rs[j] / (skmm[j] * tr)
-                    c[i, j] += a[i, j] * nd1 / (tr * (1 - fm))
-            iu = np.triu_indices(ng, 1)
-            a[(iu[1], iu[0])] = a[iu]
-            c[(iu[1], iu[0])] = c[iu]
-            for i in range(ng1):
-                if rs[i] > 0:
-                    s[i] += fb * (d[1, i] - nd1 * rs[i] * (1 - f1m[i]) / (skmm[i] * tq))
-            if nd1 > 0:
-                for k in range(ng):
-                    if rs[k] <= 0:
-                        continue
-                    t4 = 1 - (1 - f) / skm[k] if skm[k] > 0 else 1.0
-                    t5 = 1 - (nd1 - 1) / (tr * skmm[k] - 1) if nd1 > 1 else 1.0
-                    t3 = t5 * skmm[k] * nd1 / (tr * rs[k])
-                    v3[k] += t4 * t4 * t3
-                    t1 = a[:ng1, k] - t4 * c[:ng1, k]
-                    v2[:, k] += t1 * t4 * t3
-                    v += np.outer(t1, t1) * t3
-            if nd2 > 0:
-                for k in range(ng):
-                    if skm[k] <= 0 or d[2, k] <= 0:
-                        continue
-                    t4 = (1 - f) / skm[k]
-                    t5 = 1 - (d[2, k] - 1) / (rs[k] - 1) if d[2, k] > 1 else 1.0
-                    t3 = t5 * skmm[k] ** 2 * d[2, k] / rs[k] ** 2
-                    v3[k] += t4 * t4 * t3
-                    t1 = t4 * c[:ng1, k]
-                    v2[:, k] -= t1 * t4 * t3
-                    v += np.outer(t1, t1) * t3
-            fm = f
-            f1m, skmm = f1.copy(), skm.copy()
-        rs -= np.bincount(ig[lo:hi], minlength=ng)
-    cc = c[:ng1]
-    v += (cc * v3) @ cc.T + cc @ v2.T + v2 @ cc.T
-    return s, v
+                a[i][j] = a[j][i] = -fb * t1 * rs[j] / (skmm[j] * tr)
+                c[i][j] += a[i][j] * nd1 / (tr * (1 - fm))
+                c[j][i] = c[i][j]
+        for i in rng1:
+            if pos[i]:
+                s[i] += fb * (d1[i] - nd1 * rs[i] * (1 - f1m[i]) / (skmm[i] * tq))
+        if nd1 > 0:
+            for k in rng:
+                if not pos[k]:
+                    continue
+                t4 = 1 - (1 - f) / skm[k] if skm[k] > 0 else 1.0
+                t5 = 1 - (nd1 - 1) / (tr * skmm[k] - 1) if nd1 > 1 else 1.0
+                t3 = t5 * skmm[k] * nd1 / (tr * rs[k])
+                v3[k] += t4 * t4 * t3
+                t1 = [a[i][k] - t4 * c[i][k] for i in rng1]
+                for i in rng1:
+                    v2[i][k] += t1[i] * t4 * t3
+                    for j in rng1:
+                        v[i][j] += t1[i] * t1[j] * t3
+        if nd2 > 0:
+            for k in rng:
+                if skm[k] <= 0 or d2[k] <= 0:
+                    continue
+                t4 = (1 - f) / skm[k]
+                t5 = 1 - (d2[k] - 1) / (rs[k] - 1) if d2[k] > 1 else 1.0
+                t3 = t5 * skmm[k] ** 2 * d2[k] / rs[k] ** 2
+                v3[k] += t4 * t4 * t3
+                t1 = [t4 * c[i][k] for i in rng1]
+                for i in rng1:
+                    v2[i][k] -= t1[i] * t4 * t3
+                    for j in rng1:
+                        v[i][j] += t1[i] * t1[j] * t3
+        fm, f1m, skmm = f, f1, skm
+    cc = np.asarray(c)[:ng1]
+    v2a, v3a = np.asarray(v2).reshape(ng1, ng), np.asarray(v3)
+    va = np.asarray(v).reshape(ng1, ng1) + (cc * v3a) @ cc.T + cc @ v2a.T + v2a @ cc.T
+    return np.asarray(s), va
 
 
 def gray_test(df: pd.DataFrame, duration: str, event: str, group: str, event_of_interest: int = 1, *,
