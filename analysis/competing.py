@@ -300,7 +300,8 @@ def finegray_expand(df: pd.DataFrame, duration: str, event: str, event_of_intere
 
     Rows with the event of interest or censoring are kept as (0, T] weight 1. A subject with a
     competing event at s stays in the risk set after s with weight G(t-)/G(s-): one row (0, s], then
-    rows ending at each later event-of-interest time t (the only times where the weight matters).
+    one row per stretch of later event-of-interest times over which that weight is constant (it
+    changes only at censoring times; without censoring, one row to the last event time).
     Columns added: fg_start, fg_stop, fg_status, fg_weight, fg_row (original row label)."""
     _check_cr(df, duration, event, event_of_interest)
     t = df[duration].to_numpy(float)
@@ -316,9 +317,11 @@ def finegray_expand(df: pd.DataFrame, duration: str, event: str, event_of_intere
             later = ev_times[ev_times > ti]
             if len(later):
                 w = _G_minus(ct, G, later) / _G_minus(ct, G, np.array([ti]))[0]
-                prev = np.concatenate([[ti], later[:-1]])
-                starts.extend(prev); stops.extend(later); wts.extend(w); rows.extend([pos] * len(later))
-                status.extend([0] * len(later))
+                ends = np.append(np.flatnonzero(np.diff(w) != 0), len(later) - 1)  # last of each run
+                stop = later[ends]
+                prev = np.concatenate([[ti], stop[:-1]])
+                starts.extend(prev); stops.extend(stop); wts.extend(w[ends]); rows.extend([pos] * len(ends))
+                status.extend([0] * len(ends))
     out = df.iloc[rows].copy()
     out["fg_start"], out["fg_stop"] = starts, stops
     out["fg_status"], out["fg_weight"] = status, wts

@@ -214,29 +214,42 @@ def _strata_codes(data: pd.DataFrame, strata: list[str] | None) -> np.ndarray:
 
 
 def _risk_blocks(start, stop, event, strata):
-    """Per stratum and distinct event time: (time, risk-set index or None, death index).
+    """Per stratum and distinct event time: (time, risk pointer, death index).
 
-    Right-censored strata (all start < every stop, e.g. start = 0) get risk = None and a
-    reverse-cumulative-sum pointer instead (fast path), stored as ("cum", stratum index,
-    sorted positions, first risk position)."""
+    The risk set at t (start < t <= stop) is {stop >= t} minus {start >= t}; the pointer is
+    ("cum", rows sorted by stop, first position with stop >= t, rows sorted by start or None,
+    first position with start >= t), so that risk-set sums are differences of reverse cumulative
+    sums (as survival's agreg): O(n log n) per stratum, not O(n) per event time. Right-censored
+    strata (every start before the first stop, e.g. start = 0) need no start part (None)."""
     blocks = []
     for s in np.unique(strata):
         idx = np.flatnonzero(strata == s)
         ev_times = np.unique(stop[idx][event[idx] == 1])
-        simple = np.all(start[idx] < stop[idx].min()) if len(idx) else True
-        if simple:
-            order = idx[np.argsort(stop[idx], kind="stable")]
-            ts = stop[order]
-            for t in ev_times:
-                k = int(np.searchsorted(ts, t, side="left"))
-                dead = order[k:][(ts[k:] == t) & (event[order[k:]] == 1)]
-                blocks.append((t, ("cum", order, k), dead))
+        order = idx[np.argsort(stop[idx], kind="stable")]
+        ts = stop[order]
+        lo = np.searchsorted(ts, ev_times, side="left")
+        hi = np.searchsorted(ts, ev_times, side="right")
+        if len(idx) == 0 or np.all(start[idx] < stop[idx].min()):
+            sorder, ks = None, np.zeros(len(ev_times), dtype=int)
         else:
-            for t in ev_times:
-                risk = idx[(start[idx] < t) & (stop[idx] >= t)]
-                dead = risk[(stop[risk] == t) & (event[risk] == 1)]
-                blocks.append((t, risk, dead))
+            sorder = idx[np.argsort(start[idx], kind="stable")]
+            ks = np.searchsorted(start[sorder], ev_times, side="left")
+        for j, t in enumerate(ev_times):
+            seg = order[lo[j]:hi[j]]
+            dead = seg[event[seg] == 1]
+            blocks.append((t, ("cum", order, int(lo[j]), sorder, int(ks[j])), dead))
     return blocks
+
+
+def _reverse_cumsums(rows, r, Xc):
+    """Sums over rows[k:] of r, r*x and r*x*x' for every k (a zero entry appended at the end)."""
+    ro, xo = r[rows], Xc[rows]
+    p = Xc.shape[1]
+    c0 = np.append(np.cumsum(ro[::-1])[::-1], 0.0)
+    c1 = np.vstack([np.cumsum((xo * ro[:, None])[::-1], axis=0)[::-1], np.zeros((1, p))])
+    c2 = np.concatenate([np.cumsum((xo[:, :, None] * xo[:, None, :] * ro[:, None, None])[::-1],
+                                   axis=0)[::-1], np.zeros((1, p, p))])
+    return c0, c1, c2
 
 
 def _block_moments(beta, blocks, Xc, w, ties):
@@ -246,22 +259,20 @@ def _block_moments(beta, blocks, Xc, w, ties):
     r = w * np.exp(eta)
     p = Xc.shape[1]
     cache: dict = {}
+
+    def sums(rows):
+        key = id(rows)
+        if key not in cache:
+            cache[key] = _reverse_cumsums(rows, r, Xc)
+        return cache[key]
+
     ll, scores, infos = 0.0, np.zeros((len(blocks), p)), np.zeros((len(blocks), p, p))
-    for b, (_, risk, dead) in enumerate(blocks):
-        if isinstance(risk, tuple):  # right-censored fast path: reverse cumulative sums
-            _, order, k = risk
-            key = id(order)
-            if key not in cache:
-                ro, xo = r[order], Xc[order]
-                c0 = np.cumsum(ro[::-1])[::-1]
-                c1 = np.cumsum((xo * ro[:, None])[::-1], axis=0)[::-1]
-                c2 = np.cumsum((xo[:, :, None] * xo[:, None, :] * ro[:, None, None])[::-1], axis=0)[::-1]
-                cache[key] = (c0, c1, c2)
-            c0, c1, c2 = cache[key]
-            s0, s1, s2 = c0[k], c1[k], c2[k]
-        else:
-            xr, rr = Xc[risk], r[risk]
-            s0, s1, s2 = rr.sum(), rr @ xr, (xr * rr[:, None]).T @ xr
+    for b, (_, (_, order, k, sorder, ks), dead) in enumerate(blocks):
+        c0, c1, c2 = sums(order)
+        s0, s1, s2 = c0[k], c1[k], c2[k]
+        if sorder is not None:  # rows entering after t are not at risk yet
+            e0, e1, e2 = sums(sorder)
+            s0, s1, s2 = s0 - e0[ks], s1 - e1[ks], s2 - e2[ks]
         wd = w[dead]
         dw, d = wd.sum(), len(dead)
         ll += wd @ eta[dead]

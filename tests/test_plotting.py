@@ -37,7 +37,8 @@ def test_figure_svg_has_the_tight_size_of_savefig(lines):
         ref_fig = _figure(lines)
         ref_fig.savefig(buf, format="svg", bbox_inches="tight")
         plt.close(ref_fig)
-        svg = figure_svg(_figure(lines))
+        fig = _figure(lines)
+        svg = figure_svg(fig)
     ref = SIZE.search(buf.getvalue())
     got = SIZE.search(svg)
     assert svg.startswith("<svg")
@@ -47,7 +48,7 @@ def test_figure_svg_has_the_tight_size_of_savefig(lines):
     x0, y0, w, h = map(float, got.group(3).split())
     assert y0 + h > 4.5 * 72  # the caption below the original canvas is inside the view
     assert "caption line" in svg and "A title" in svg  # text stays text (output scanner)
-    assert plt.get_fignums() == []  # closed
+    assert not plt.fignum_exists(fig.number)  # closed
 
 
 def test_figure_svg_without_tight_keeps_the_canvas():
