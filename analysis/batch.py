@@ -38,6 +38,7 @@ import datetime as _dt
 import hashlib
 import html
 import importlib
+import inspect
 import json
 import os
 import queue
@@ -928,11 +929,21 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _ensure_shared(
     data_dir: Path, shared_dir: Path, run_key: str, needed: bool, hook: Any = "auto",
-    inputs_key: str = "",
+    inputs_key: str = "", parameters: Mapping[str, Any] | None = None,
 ) -> tuple[str, str, str | None, float]:
     """Compute the run's shared artefacts once (analysis.reporting.compute_shared, if defined).
+    A hook that takes a ``parameters`` keyword gets the run's extra notebook parameters (e.g.
+    ``as_of``), so that what it computes matches the reports.
 
     Returns (status, digest, error, seconds); status is "absent" (no hook), "reused" (stamp matches
     inputs_key), "computed" or "failed"; digest hashes the artefacts (enters every report key).
@@ -957,7 +968,10 @@ def _ensure_shared(
         return "absent", "", None, 0.0
     shared_dir.mkdir(parents=True, exist_ok=True)
     try:
-        hook(data_dir, shared_dir, run_key)
+        if parameters and _accepts_keyword(hook, "parameters"):
+            hook(data_dir, shared_dir, run_key, parameters=dict(parameters))
+        else:
+            hook(data_dir, shared_dir, run_key)
     except Exception as exc:
         return "failed", "", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
     parts = []
@@ -1004,7 +1018,8 @@ def render_batch(
     renderer: "auto" (Quarto when on PATH, else nbconvert), "quarto" or "nbconvert".
     parameters: extra notebook parameters (e.g. as_of, min_cell); they enter every report key.
     compute_shared: hook computing the run's shared fits into <out>/_shared once per run,
-        called as hook(data_dir, shared_dir, run_key); "auto" = analysis.reporting.compute_shared
+        called as hook(data_dir, shared_dir, run_key), plus ``parameters=`` (the extra
+        `parameters`) when the hook takes that keyword; "auto" = analysis.reporting.compute_shared
         when defined; None = no shared artefacts.
     timeout: seconds one notebook cell may run.
     kernel_preload: modules each warm kernel imports once (default: the heavy analysis stack).
@@ -1074,7 +1089,7 @@ def render_batch(
         early.prestart()
     try:
         shared_status, shared_digest, shared_error, shared_seconds = _ensure_shared(
-            data_dir, shared_dir, run_key, shared_needed, compute_shared, inputs_key
+            data_dir, shared_dir, run_key, shared_needed, compute_shared, inputs_key, extra
         )
 
         common = {
@@ -1326,9 +1341,12 @@ def run_render_command(
     json_out: bool = False,
     site_notebook: Path | None = None,
     collaborative_notebook: Path | None = None,
+    as_of: str | None = None,
+    min_cell: int | None = None,
 ) -> BatchResult:
     """Run :func:`render_batch` for the CLI: print a summary (or JSON) and exit non-zero when
-    any report failed (1) or the request was invalid (2)."""
+    any report failed (1) or the request was invalid (2). `as_of` and `min_cell`, when given,
+    become notebook parameters of every report."""
     import typer
 
     from .console import console, print_json
@@ -1339,6 +1357,7 @@ def run_render_command(
             executor=executor, scheduler=scheduler, force=force, retry_failed=retry_failed,
             site_notebook=site_notebook, collaborative_notebook=collaborative_notebook,
             show_progress=not json_out and console.is_terminal,
+            parameters={k: v for k, v in (("as_of", as_of), ("min_cell", min_cell)) if v is not None},
         )
     except ValueError as exc:
         if json_out:

@@ -106,6 +106,10 @@ def render(
     data: Path = typer.Option(Path("data/synthetic"), "--data", help="Extract or store directory."),
     out: Path = typer.Option(Path("reports/latest"), "--out", help="Run folder (index.html, manifest.json, reports)."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    as_of: Optional[str] = typer.Option(
+        None, "--as-of", help="Data cut-off month YYYY-MM for every report (default: last month)."),
+    min_cell: Optional[int] = typer.Option(
+        None, "--min-cell", help="Smallest count shown; 1..MIN_CELL-1 are suppressed (default: 11)."),
     site_notebook: Optional[Path] = typer.Option(None, "--site-notebook", hidden=True),
     collaborative_notebook: Optional[Path] = typer.Option(None, "--collaborative-notebook", hidden=True),
 ) -> None:
@@ -116,6 +120,7 @@ def render(
         data=data, out=out, sites=sites, collaborative=collaborative, jobs=jobs, formats=formats,
         executor=executor, scheduler=scheduler, force=force, retry_failed=retry_failed,
         json_out=json_out, site_notebook=site_notebook, collaborative_notebook=collaborative_notebook,
+        as_of=as_of, min_cell=min_cell,
     )
 
 

@@ -205,17 +205,18 @@ def _mortality_months(sm: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str,
-                   items: tuple[str, ...] = SITE_ITEMS) -> None:
+                   items: tuple[str, ...] = SITE_ITEMS, as_of: str | None = None) -> None:
     """Compute the run's shared fits once and save them (pickles) under `shared_dir`, with one
     site slice per hospital (:func:`analysis.reporting.write_site_slices`).
 
     Called by :func:`analysis.batch.render_batch` before any report starts; `items` defaults to
-    what site reports need (:data:`SITE_ITEMS`). `shared_dir` is working space, never published.
+    what site reports need (:data:`SITE_ITEMS`); `as_of` is the reports' data cut-off (YYYY-MM).
+    `shared_dir` is working space, never published.
     """
-    run = rp.load_run(data_dir, run_key=run_key)
+    run = rp.load_run(data_dir, run_key=run_key, as_of=as_of)
     SharedFits(run).save(shared_dir, items)
     if data_dir is not None and Path(data_dir).is_dir():
-        rp.write_site_slices(run, data_dir, shared_dir)
+        rp.write_site_slices(run, data_dir, shared_dir, as_of=as_of)
 
 
 # ---------------------------------------------------------------------------------------------

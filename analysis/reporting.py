@@ -729,12 +729,13 @@ def data_window_note(run: RunData) -> Md:
     return Md(txt)
 
 
-def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str) -> None:
+def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str, *,
+                   parameters: Mapping[str, Any] | None = None) -> None:
     """Compute a run's heavy shared fits once (case-mix model, site-month expected deaths, O/E by
     hospital, per-hospital ITS) and a site slice per hospital, and save them under `shared_dir`
     (working space of the batch run, never published). Notebooks given ``shared_dir`` reuse them
-    when they were computed from the same data and cut-off; see
-    :class:`analysis.report_sections.SharedFits`."""
+    when they were computed from the same data and cut-off (``parameters["as_of"]``, the batch's
+    notebook parameter); see :class:`analysis.report_sections.SharedFits`."""
     from .report_sections import compute_shared as _compute
 
-    _compute(data_dir, shared_dir, run_key)
+    _compute(data_dir, shared_dir, run_key, as_of=(parameters or {}).get("as_of"))

@@ -317,6 +317,22 @@ def test_workers_boot_while_shared_fits_are_computed(tmp_path, stable_code):
     assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in left)
 
 
+def test_shared_hook_gets_the_run_parameters_when_it_takes_them(tmp_path):
+    got = []
+
+    def with_parameters(data_dir, shared_dir, run_key, *, parameters=None):
+        got.append(parameters)
+
+    def without(data_dir, shared_dir, run_key):
+        got.append("called")
+
+    for hook in (with_parameters, without):
+        status, *_ = batch._ensure_shared(tmp_path, tmp_path / hook.__name__, "k", True, hook,
+                                          "key", {"as_of": "2019-06"})
+        assert status == "computed"
+    assert got == [{"as_of": "2019-06"}, "called"]
+
+
 def test_cli_render_json_and_exit_status(tmp_path):
     d = write_data(tmp_path / "d", sites=("S01", "S02"), empty=("S02",))
     out = tmp_path / "run"

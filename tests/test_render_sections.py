@@ -190,3 +190,17 @@ def test_shared_casemix_model_is_saved_without_its_data(run, data_dir, tmp_path)
     pd.testing.assert_series_equal(saved.predict(ep), fresh.predict(ep))
     pd.testing.assert_frame_equal(saved.summary(), fresh.summary())
     assert (shared_dir / "casemix.pkl").stat().st_size < len(pickle.dumps(fresh)) / 5
+
+
+def test_shared_fits_and_slices_follow_the_batch_cut_off(data_dir, tmp_path):
+    shared_dir = tmp_path / "_shared"
+    rp.compute_shared(data_dir, shared_dir, "k-test", parameters={"as_of": "2017-06"})
+    part = rp.load_run(data_dir, run_key="k-test", as_of="2017-06", site_id="S01", shared_dir=shared_dir)
+    full = rp.load_run(data_dir, run_key="k-test", as_of="2017-06")
+    assert part.scope == "S01" and part.as_of == full.as_of == pd.Timestamp("2017-06-01")
+    assert part.episodes["month"].max() <= pd.Timestamp("2017-06-01")
+    # the shared fits were made with the same cut-off: a site slice can use them
+    by_site = rs.SharedFits(part, shared_dir).get("by_site")
+    pd.testing.assert_frame_equal(by_site, rs.SharedFits(full).get("by_site"))
+    # without the cut-off the slices do not apply
+    assert rp.load_run(data_dir, site_id="S01", shared_dir=shared_dir).scope is None
