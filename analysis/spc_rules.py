@@ -144,23 +144,28 @@ def runs_analysis(y: np.ndarray, cl: np.ndarray) -> RunsAnalysis:
 # --------------------------------------------------------------------------------------------
 
 
+def _side_runs(y: np.ndarray, cl: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """Runs of useful points on one side of ``cl``, in order: (positions, side) per run.
+
+    Points on the centre line neither count nor break a run (they are in no run)."""
+    sides = _sides(y, cl)
+    idx = np.flatnonzero(sides != 0)
+    if idx.size == 0:
+        return []
+    s = sides[idx]
+    cuts = np.flatnonzero(np.diff(s) != 0) + 1
+    return [(pos, int(sides[pos[0]])) for pos in np.split(idx, cuts)]
+
+
 def shift_points(y: np.ndarray, cl: np.ndarray, min_length: int) -> np.ndarray:
     """Flag points that belong to a run of >= ``min_length`` useful points on one side of ``cl``.
 
     Points on the centre line neither count nor break the run; they are not flagged.
     """
-    sides = _sides(y, cl)
-    flags = np.zeros(sides.size, bool)
-    idx = np.flatnonzero(sides != 0)
-    if idx.size == 0:
-        return flags
-    s = sides[idx]
-    start = 0
-    for i in range(1, idx.size + 1):
-        if i == idx.size or s[i] != s[start]:
-            if i - start >= min_length:
-                flags[idx[start:i]] = True
-            start = i
+    flags = np.zeros(np.shape(y)[0], bool)
+    for pos, _ in _side_runs(y, cl):
+        if pos.size >= min_length:
+            flags[pos] = True
     return flags
 
 
@@ -169,17 +174,9 @@ def first_shift(y: np.ndarray, cl: np.ndarray, min_length: int, start_at: int = 
 
     Only runs starting at or after position ``start_at`` are considered. Returns None if none.
     """
-    sides = _sides(y, cl)
-    idx = np.flatnonzero(sides != 0)
-    if idx.size == 0:
-        return None
-    s = sides[idx]
-    start = 0
-    for i in range(1, idx.size + 1):
-        if i == idx.size or s[i] != s[start]:
-            if i - start >= min_length and idx[start] >= start_at:
-                return int(idx[start]), int(idx[i - 1]), int(s[start])
-            start = i
+    for pos, side in _side_runs(y, cl):
+        if pos.size >= min_length and pos[0] >= start_at:
+            return int(pos[0]), int(pos[-1]), side
     return None
 
 
