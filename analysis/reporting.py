@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import __version__, privacy
 from .settings import DEFAULT_SETTINGS, Settings
+from .store import Collaborative
 
 #: Where ``make demo`` writes the synthetic collaborative (relative to the repository root).
 DEFAULT_SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "data" / "synthetic"
@@ -58,42 +59,32 @@ def show(obj: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # loading a run
 @dataclass
-class RunData:
-    """The data of one report run and the publication rules that go with it.
+class RunData(Collaborative):
+    """The data of one report run and the publication rules that go with it: a
+    :class:`analysis.store.Collaborative` (episodes derived and attached to sites, ``sites``,
+    ``site_months``, ``quarantine``, ``summary``, ``data_hash``, ``source``, ``settings``) cut at
+    ``as_of``, plus:
 
     Attributes
     ----------
-    episodes, sites, site_months, quarantine:
-        As :class:`analysis.store.Collaborative` (episodes derived and attached to sites), restricted
-        to months up to ``as_of``. In a site slice (``scope`` set) episodes and quarantine hold only
-        that hospital's rows; sites and site-months are the whole collaborative's.
-    data_hash:
-        SHA-256 of the accepted data (from the store / validation).
-    source:
-        Where the data came from (a directory, or ``"simulated: ..."``).
     as_of:
-        Last month of data used (first of month).
+        Last month of data used (first of month); episodes and site-months after it are left out.
     excluded_after_as_of:
         Episodes dropped because they fall after ``as_of`` (reported in data quality).
+    run_key, min_cell:
+        Key of the pseudonyms; smallest count shown (1 to ``min_cell - 1`` are suppressed).
     pseudonyms:
         site_id -> "Hospital X" for this run (:func:`analysis.privacy.site_pseudonyms`).
     scope:
         None for a full run; a site id for a site slice (:func:`load_run` with ``site_id`` and a
-        batch ``shared_dir``), whose collaborative-wide methods refuse other hospitals.
+        batch ``shared_dir``): episodes and quarantine then hold only that hospital's rows (sites and
+        site-months stay whole), and collaborative-wide methods refuse other hospitals.
     """
 
-    episodes: pd.DataFrame
-    sites: pd.DataFrame
-    site_months: pd.DataFrame
-    quarantine: pd.DataFrame
-    summary: dict
-    data_hash: str
-    source: str
     as_of: pd.Timestamp
     excluded_after_as_of: int
-    settings: Settings
-    run_key: str
-    min_cell: int
+    run_key: str = DEFAULT_RUN_KEY
+    min_cell: int = privacy.DEFAULT_MIN_CELL
     pseudonyms: dict = field(default_factory=dict)
     scope: str | None = None
 
@@ -179,7 +170,7 @@ def write_site_slices(run: RunData, data_dir: str | Path, shared_dir: str | Path
             sites=run.sites, site_months=run.site_months,
             quarantine=q[q_site == str(sid)] if q_site is not None else q,
             summary=run.summary, data_hash=run.data_hash, source=run.source, as_of=run.as_of,
-            excluded_after_as_of=run.excluded_after_as_of, settings=run.settings,
+            excluded_after_as_of=run.excluded_after_as_of,
             run_key="", min_cell=run.min_cell, pseudonyms={}, scope=str(sid),
         )
         with (d / f"{sid}.pkl").open("wb") as fh:
@@ -278,7 +269,6 @@ def load_run(
         source=source,
         as_of=cut,
         excluded_after_as_of=int(late.sum()),
-        settings=settings,
         run_key=run_key,
         min_cell=int(min_cell),
         pseudonyms=privacy.site_pseudonyms(coll.sites["site_id"], run_key=run_key),
