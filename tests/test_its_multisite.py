@@ -55,19 +55,14 @@ def pan():
     return panel()
 
 
+def fit_panel(data, **kw):
+    """fit_its_multisite of y on a panel() frame with its column names and exposure."""
+    cols = {"site": "site", "time": "month", "go_live": "go_live", "exposure": "expo"}
+    return fit_its_multisite(data, "y", **{**cols, **kw})
+
+
 def test_level_change_recovers_truth_and_event_study(pan):
-    r = fit_its_multisite(
-        pan,
-        "y",
-        site="site",
-        time="month",
-        go_live="go_live",
-        exposure="expo",
-        seasonality=1,
-        slope_change=False,
-        se="cluster",
-        event_reference="pre",
-    )
+    r = fit_panel(pan, seasonality=1, slope_change=False, se="cluster", event_reference="pre")
     lc = r.level_change
     assert lc.scale == "rate ratio"
     assert abs(lc.link_estimate - TRUE_LOG_RR) < 3 * lc.link_se
@@ -85,17 +80,7 @@ def test_level_change_recovers_truth_and_event_study(pan):
 
 
 def test_slope_change_model_and_reference_minus_one(pan):
-    r = fit_its_multisite(
-        pan,
-        "y",
-        site="site",
-        time="month",
-        go_live="go_live",
-        exposure="expo",
-        seasonality=1,
-        slope_change=True,
-        event_window=(-6, 12),
-    )
+    r = fit_panel(pan, seasonality=1, slope_change=True, event_window=(-6, 12))
     assert r.slope_change is not None
     # true slope change is 0
     assert r.slope_change.ci_low < 1 < r.slope_change.ci_high
@@ -127,17 +112,7 @@ def _sm_design(pan, r_terms):
     [("cluster", "cluster"), ("driscoll_kraay", "hac-groupsum"), ("panel_hac", "hac-panel")],
 )
 def test_sandwich_matches_statsmodels(pan, se, cov_type):
-    r = fit_its_multisite(
-        pan,
-        "y",
-        site="site",
-        time="month",
-        go_live="go_live",
-        exposure="expo",
-        slope_change=False,
-        se=se,
-        hac_lags=2,
-    )
+    r = fit_panel(pan, slope_change=False, se=se, hac_lags=2)
     d, X, groups, tcodes = _sm_design(pan, None)
     model = sm.GLM(
         d["y"].to_numpy(), X, family=sm.families.Poisson(), offset=np.log(d["expo"].to_numpy())
@@ -164,9 +139,7 @@ def test_sandwich_matches_statsmodels(pan, se, cov_type):
 
 def test_sites_without_events_are_excluded_and_listed():
     d = panel(seed=3, n_sites=10, zero_sites=2)
-    r = fit_its_multisite(
-        d, "y", site="site", time="month", go_live="go_live", exposure="expo", slope_change=False
-    )
+    r = fit_panel(d, slope_change=False)
     assert r.n_sites == 8
     assert list(r.excluded_sites["site"]) == ["H00", "H01"]
     assert set(r.excluded_sites["reason"]) == {"no_events"}
@@ -175,13 +148,11 @@ def test_sites_without_events_are_excluded_and_listed():
 def test_zero_exposure_months_without_events_are_counted_not_fatal():
     d = panel(seed=4, n_sites=6)
     d.loc[d.index[5], ["expo", "y"]] = [0.0, 0]
-    r = fit_its_multisite(
-        d, "y", site="site", time="month", go_live="go_live", exposure="expo", slope_change=False
-    )
+    r = fit_panel(d, slope_change=False)
     assert r.n_zero_exposure_months == 1
     d.loc[d.index[7], ["expo", "y"]] = [0.0, 3]
     with pytest.raises(ValueError, match="0 in site-months with events"):
-        fit_its_multisite(d, "y", site="site", time="month", go_live="go_live", exposure="expo")
+        fit_panel(d)
 
 
 @pytest.mark.parametrize(
