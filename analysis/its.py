@@ -540,23 +540,11 @@ class ITSResult:
 
     def summary(self) -> pd.DataFrame:
         """One row per intervention parameter plus fit metadata."""
-        rows = []
-        for eff in (self.level_change, self.slope_change):
-            if eff is None:
-                continue
-            d = dict(eff.__dict__)
-            d.update(
-                family=self.family,
-                autocorrelation=self.autocorrelation,
-                n_pre=self.n_pre,
-                n_post=self.n_post,
-                n_transition=self.n_transition,
-                seasonality=self.seasonality,
-                dispersion=self.diagnostics.dispersion,
-                ljung_box_p=self.diagnostics.ljung_box_p,
-            )
-            rows.append(d)
-        return pd.DataFrame(rows)
+        return _effects_frame(
+            (self.level_change, self.slope_change), family=self.family,
+            autocorrelation=self.autocorrelation, n_pre=self.n_pre, n_post=self.n_post,
+            n_transition=self.n_transition, seasonality=self.seasonality,
+            dispersion=self.diagnostics.dispersion, ljung_box_p=self.diagnostics.ljung_box_p)
 
     def plot(self, ax=None, title: str | None = None, per: float = 1.0):
         """Observed points, fitted segments, counterfactual with CI band, go-live line and (with
@@ -749,6 +737,11 @@ def _build_design(
     }
     return design, meta
 
+
+
+def _effects_frame(effects, **meta) -> pd.DataFrame:
+    """Summary frame: one row per effect (None skipped) with the fit's metadata columns."""
+    return pd.DataFrame([{**e.__dict__, **meta} for e in effects if e is not None])
 
 def fit_its(
     data: pd.DataFrame,
@@ -1076,20 +1069,10 @@ class MultisiteITSResult:
         return self._event_study.copy()
 
     def summary(self) -> pd.DataFrame:
-        rows = []
-        for e in (self.level_change, self.slope_change):
-            if e is None:
-                continue
-            d = dict(e.__dict__)
-            d.update(
-                family=self.family,
-                se_type=self.se_type,
-                n_sites=self.n_sites,
-                n_obs=self.n_obs,
-                n_excluded_sites=len(self.excluded_sites),
-            )
-            rows.append(d)
-        return pd.DataFrame(rows)
+        """One row per intervention parameter plus fit metadata."""
+        return _effects_frame(
+            (self.level_change, self.slope_change), family=self.family, se_type=self.se_type,
+            n_sites=self.n_sites, n_obs=self.n_obs, n_excluded_sites=len(self.excluded_sites))
 
     def plot_event_study(self, ax=None, title: str | None = None):
         """Event-study plot: estimate and CI by month since go-live (reference: month -1 or the
