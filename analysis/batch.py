@@ -1086,8 +1086,9 @@ def render_batch(
     early: LocalPool | None = None
     if executor == "local" and pool is None and shared_needed and (chosen or collaborative):
         early = LocalPool(max(1, min(jobs, len(chosen) + int(collaborative))), kernel_options, log_dir)
-        early.prestart()
     try:
+        if early is not None:
+            early.prestart()
         shared_status, shared_digest, shared_error, shared_seconds = _ensure_shared(
             data_dir, shared_dir, run_key, shared_needed, compute_shared, inputs_key, extra
         )
