@@ -929,6 +929,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def _cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
     try:
         params = inspect.signature(func).parameters
@@ -1032,7 +1037,7 @@ def render_batch(
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     if jobs is None:
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        jobs = _cores()
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1; got {jobs}")
     if retry_failed and force:
@@ -1080,6 +1085,8 @@ def render_batch(
     kernel_options: dict[str, Any] = {"timeout": timeout}
     if kernel_preload is not None:
         kernel_options["preload"] = list(kernel_preload)
+    # one process per worker: numerical libraries get the worker's share of the cores
+    kernel_options["threads"] = max(1, _cores() // jobs)
     log_dir = out_dir / WORK_DIRNAME / "_logs"
     # Reports will (most likely) be rendered: start the workers now, so that their kernels boot
     # and import the stack while this process computes the shared fits.

@@ -56,6 +56,9 @@ PRELOAD_MODULES = (
 )
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+#: Environment variables that size the thread pools of numpy/scipy's BLAS and OpenMP code.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 _WARMUP = """
 import importlib as _importlib, sys as _sys, types as _types, warnings as _warnings, copy as _copy
@@ -120,6 +123,10 @@ class WarmKernel:
     kernel_name: Jupyter kernel to start ("python3": the interpreter this package runs in).
     timeout: seconds a single cell may run before the report fails.
     startup_timeout: seconds to wait for the kernel to come up.
+    threads: threads of the kernel's numerical libraries (OpenBLAS, MKL, OpenMP); None leaves
+        them alone. A batch of several kernels sets cores // workers: with a multi-threaded BLAS
+        in every kernel the kernels fight over the cores (the collaborative report ran twice as
+        long on 2 cores). Variables the caller already set are kept.
     """
 
     kernel_name: str = "python3"
@@ -127,6 +134,7 @@ class WarmKernel:
     startup_timeout: int = 120
     preload: tuple[str, ...] = PRELOAD_MODULES
     log_path: str | None = None
+    threads: int | None = None
     km: Any = field(default=None, init=False, repr=False)
     kc: Any = field(default=None, init=False, repr=False)
     reports_run: int = field(default=0, init=False)
@@ -144,6 +152,9 @@ class WarmKernel:
         self.km = AsyncKernelManager(kernel_name=self.kernel_name)
         env = dict(os.environ)
         env["MPLBACKEND"] = INLINE_BACKEND  # figures must become outputs, whatever the caller set
+        if self.threads is not None:
+            for var in THREAD_VARIABLES:
+                env.setdefault(var, str(max(1, int(self.threads))))
         env.pop("JPY_PARENT_PID", None)
         warm = nbformat.v4.new_notebook(
             cells=[nbformat.v4.new_code_cell(_WARMUP.format(modules=list(self.preload)))]

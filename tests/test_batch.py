@@ -111,6 +111,18 @@ def test_bad_requests_raise_clear_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+def test_kernel_threads_size_blas_pools_but_keep_the_callers_setting(tmp_path, monkeypatch):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nprint([os.environ.get(v) for v in "
+        "('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')])")])
+    with WarmKernel(preload=("os",), threads=1) as kernel:
+        out = kernel.execute(nb, tmp_path)
+    assert out.cells[0].outputs[0]["text"].strip() == "['1', '1', '3']"
+
+
 def test_warm_kernel_does_not_leak_site_a_into_site_b(tmp_path):
     """Render A then B on ONE warm kernel: B's namespace, figures, folder and HTML hold nothing of A."""
     d = write_data(tmp_path / "d", sites=("ALPHA", "BRAVO"))
