@@ -381,10 +381,8 @@ def site_survival_section(run: rp.RunData, site_id: str,
     from .competing import los_competing_risks
     from .survival import km_by_period
 
-    for k in ("pre", "post"):
-        if checks.get(k) is not None:
-            rp.show(checks[k])
-            return
+    if _show_first_problem(checks, ("pre", "post")):
+        return
     ep = run.episodes_for(site_id)
 
     def km():
@@ -394,9 +392,10 @@ def site_survival_section(run: rp.RunData, site_id: str,
                     "(deaths from other causes censored), with 95% bands.")
 
     def los():
-        ax = los_competing_risks(ep).plot()
-        show_figure(ax.get_figure(), "Cumulative incidence of discharge alive (solid) with "
-                    "in-hospital death as a competing risk (dashed), before and after go-live.")
+        res = los_competing_risks(ep)
+        show_figure(res.plot().get_figure(), "Cumulative incidence of discharge alive (solid) with "
+                    "in-hospital death as a competing risk (dashed), before and after go-live."
+                    + _gray_words(res))
 
     if checks.get("deaths") is not None:
         rp.show(checks["deaths"])
@@ -510,13 +509,34 @@ def associations_section(run: rp.RunData, shared: SharedFits) -> None:
 def collaborative_los_section(run: rp.RunData, shared: SharedFits,
                               checks: dict[str, rp.NotEstimable | None]) -> None:
     """Cumulative incidence of discharge alive and in-hospital death by period, all hospitals."""
-    for k in ("pre", "post"):
+    if _show_first_problem(checks, ("pre", "post")):
+        return
+
+    def draw():
+        res = _need(shared.get("los"))
+        show_figure(res.plot().get_figure(), "Cumulative incidence of discharge alive with "
+                    "in-hospital death as a competing risk, all hospitals, before and after each "
+                    "hospital's go-live." + _gray_words(res))
+
+    _guarded(run, "Length of stay", draw)
+
+
+def _show_first_problem(checks: dict[str, rp.NotEstimable | None], keys: tuple[str, ...]) -> bool:
+    """Show the first of `keys` that is not estimable; True when one was shown."""
+    for k in keys:
         if checks.get(k) is not None:
             rp.show(checks[k])
-            return
-    _guarded(run, "Length of stay", lambda: show_figure(_need(shared.get("los")).plot().get_figure(),
-             "Cumulative incidence of discharge alive with in-hospital death as a competing risk, "
-             "all hospitals, before and after each hospital's go-live."))
+            return True
+    return False
+
+
+def _gray_words(res) -> str:
+    """' Gray's test, before vs after: discharge p = ..., death p = ...' (tests that ran)."""
+    t = res.tests[res.tests["status"] == "ok"]
+    if t.empty:
+        return ""
+    parts = [f"{r.outcome} p {'< 0.001' if r.p < 0.001 else f'= {r.p:.3f}'}" for r in t.itertuples()]
+    return " Gray's test, before vs after: " + ", ".join(parts) + "."
 
 
 
