@@ -77,8 +77,9 @@ class RunData(Collaborative):
         site_id -> "Hospital X" for this run (:func:`analysis.privacy.site_pseudonyms`).
     scope:
         None for a full run; a site id for a site slice (:func:`load_run` with ``site_id`` and a
-        batch ``shared_dir``): episodes and quarantine then hold only that hospital's rows (sites and
-        site-months stay whole), and collaborative-wide methods refuse other hospitals.
+        batch ``shared_dir``): episodes, site-months and quarantine then hold only that hospital's
+        rows (the sites table stays whole, for pseudonyms), and collaborative-wide methods refuse
+        other hospitals.
     """
 
     as_of: pd.Timestamp
@@ -156,18 +157,20 @@ def write_site_slices(run: RunData, data_dir: str | Path, shared_dir: str | Path
                       as_of: Any = None) -> Path:
     """Save one site slice per hospital of `run` (loaded from `data_dir` with `as_of`) under
     ``<shared_dir>/site_runs``, so that each site report of a batch loads its own rows instead of
-    reading and validating the whole collaborative (constant cost per report as sites grow).
+    reading and validating the whole collaborative: each slice holds only its hospital's rows, so
+    its size and load time do not grow with the number of hospitals.
     Working space of the batch run, never published."""
     d = Path(shared_dir) / SITE_SLICES_DIR
     d.mkdir(parents=True, exist_ok=True)
     by_site = dict(tuple(run.episodes.groupby("site_id", sort=False, observed=True)))
+    months_by_site = dict(tuple(run.site_months.groupby("site_id", sort=False, observed=True)))
     q = run.quarantine
     q_site = q["site_id"].astype(str) if "site_id" in q else None
-    empty = run.episodes.iloc[0:0]
+    empty, no_months = run.episodes.iloc[0:0], run.site_months.iloc[0:0]
     for sid in run.sites["site_id"]:
         part = RunData(
             episodes=by_site.get(sid, empty).reset_index(drop=True),
-            sites=run.sites, site_months=run.site_months,
+            sites=run.sites, site_months=months_by_site.get(sid, no_months).reset_index(drop=True),
             quarantine=q[q_site == str(sid)] if q_site is not None else q,
             summary=run.summary, data_hash=run.data_hash, source=run.source, as_of=run.as_of,
             excluded_after_as_of=run.excluded_after_as_of,

@@ -146,6 +146,9 @@ def test_site_slice_matches_full_run_and_refuses_other_hospitals(run, data_dir, 
     pd.testing.assert_frame_equal(part.episodes_for("S02").reset_index(drop=True),
                                   full.episodes_for("S02").reset_index(drop=True))
     assert part.pseudonyms == full.pseudonyms and part.data_hash == full.data_hash
+    # only this hospital's site-months: a slice's size does not grow with the collaborative
+    own = full.site_months[full.site_months["site_id"] == "S02"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part.site_months, own)
     assert rp.estimability(part, "S02") == rp.estimability(full, "S02")
     assert str(rp.report_header(part, "S02")) == str(rp.report_header(full, "S02"))
     # the site's headline numbers from the slice equal those from the whole collaborative
