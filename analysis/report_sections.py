@@ -269,6 +269,11 @@ SPC_PROCESSES = (("bundle_compliant", "Bundle compliance"), ("recognised", "Reco
                  ("fluid_60", "Fluid bolus within 60 minutes"), ("abx_180", "Antibiotic within 180 minutes"))
 
 
+#: Xbar charts of time to treatment: (column, section name, treatment, caption's "episodes with ...").
+TREATMENT_TIMES = (("minutes_to_bolus", "Minutes to fluid bolus", "fluid bolus", "a bolus"),
+                   ("minutes_to_antibiotic", "Minutes to antibiotic", "antibiotic", "an antibiotic"))
+
+
 def site_spc_section(run: rp.RunData, shared: SharedFits, site_id: str) -> None:
     """SPC charts for one hospital, limits split at go-live: p' charts of bundle compliance and
     each key process, u' chart of recognition per 1,000 admissions, Xbar chart of minutes to
@@ -291,18 +296,13 @@ def site_spc_section(run: rp.RunData, shared: SharedFits, site_id: str) -> None:
             title="Sepsis episodes per 1,000 admissions", ylabel="per 1,000 admissions")),
         "Laney u' chart of recognised sepsis episodes per 1,000 hospital admissions."))
     ep = run.episodes_for(site_id)
-    bolus = ep.loc[ep["minutes_to_bolus"].notna(), ["month", "minutes_to_bolus"]]
-    _guarded(run, "Minutes to fluid bolus", lambda: show_figure(_fig_from(
-        spc.xbar_chart(bolus, "month", "minutes_to_bolus", detect_shifts=True).plot(
-            title="Minutes from T0 to first fluid bolus (monthly mean)", ylabel="minutes")),
-        "Xbar chart; a sustained shift found by the runs rules starts new limits. Episodes with "
-        f"a bolus: {rp.count_text(len(bolus), run.min_cell)}."))
-    abx = ep.loc[ep["minutes_to_antibiotic"].notna(), ["month", "minutes_to_antibiotic"]]
-    _guarded(run, "Minutes to antibiotic", lambda: show_figure(_fig_from(
-        spc.xbar_chart(abx, "month", "minutes_to_antibiotic", detect_shifts=True).plot(
-            title="Minutes from T0 to first antibiotic (monthly mean)", ylabel="minutes")),
-        "Xbar chart; a sustained shift found by the runs rules starts new limits. Episodes with "
-        f"an antibiotic: {rp.count_text(len(abx), run.min_cell)}."))
+    for col, what, treatment, with_it in TREATMENT_TIMES:
+        times = ep.loc[ep[col].notna(), ["month", col]]
+        _guarded(run, what, lambda col=col, times=times, treatment=treatment, with_it=with_it:
+                 show_figure(_fig_from(spc.xbar_chart(times, "month", col, detect_shifts=True).plot(
+                     title=f"Minutes from T0 to first {treatment} (monthly mean)", ylabel="minutes")),
+                     "Xbar chart; a sustained shift found by the runs rules starts new limits. "
+                     f"Episodes with {with_it}: {rp.count_text(len(times), run.min_cell)}."))
     for w in run.settings.sam_windows_days:
         _guarded(run, f"{w}-day mortality chart", lambda w=w: show_figure(_fig_from(
             spc.p_chart(with_ep, "month", f"sam{w}", "episodes", part=part, multiply=100).plot(
