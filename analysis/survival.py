@@ -172,7 +172,7 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, covariates: Sequence[st
     if ties == "breslow":
         if cluster:
             raise ValueError("cluster-robust SEs are only offered with ties='efron'")
-        res = _cox_engine(np.zeros(n), data[duration].to_numpy(float), data[event].to_numpy(int),
+        res = _cox_engine(_right_censored_start(n), data[duration].to_numpy(float), data[event].to_numpy(int),
                           data[covariates].to_numpy(float),
                           weights=data[weights].to_numpy(float) if weights else None,
                           strata=_strata_codes(data, strata_l), ties="breslow")
@@ -211,6 +211,12 @@ def _strata_codes(data: pd.DataFrame, strata: list[str] | None) -> np.ndarray:
     if not strata:
         return np.zeros(len(data), dtype=int)
     return data[strata].astype(str).agg("|".join, axis=1).factorize(sort=True)[0]
+
+
+def _right_censored_start(n: int) -> np.ndarray:
+    """Start times for right-censored data in the (start, stop] engine: -inf, so the risk set at t
+    is every row with stop >= t, events at time 0 included (as R's Surv(time, status))."""
+    return np.full(n, -np.inf)
 
 
 def _risk_blocks(start, stop, event, strata):
@@ -353,7 +359,7 @@ def cox_zph(df: pd.DataFrame, duration: str, event: str, covariates: Sequence[st
     e = data[event].astype(int).to_numpy()
     X = data[covariates].to_numpy(float)
     st = _strata_codes(data, strata_l)
-    fit = _cox_engine(np.zeros(len(t)), t, e, X, strata=st, ties=ties)
+    fit = _cox_engine(_right_censored_start(len(t)), t, e, X, strata=st, ties=ties)
     beta = fit["coef"] if coef is None else np.asarray(coef, float)
     _, scores, infos = _block_moments(beta, fit["blocks"], fit["Xc"], fit["w"], ties)
     times = np.array([b[0] for b in fit["blocks"]])

@@ -164,6 +164,21 @@ def _episodes(n=400, seed=1):
     })
 
 
+def test_events_at_time_zero_are_in_the_risk_set(rossi):
+    """Right-censored data: an event at t = 0 is at risk at 0 (R's Surv(time, status)). Shifting
+    every time by a constant keeps the order, so Breslow fits and cox.zph must not change."""
+    d = rossi.assign(week=rossi["week"] - rossi["week"].min())  # the earliest arrests at week 0
+    assert ((d["week"] == 0) & (d["arrest"] == 1)).any()
+    shifted = d.assign(week=d["week"] + 5.0)
+    cols = ["fin", "age", "prio"]
+    a = fit_cox(d, "week", "arrest", cols, ties="breslow").table
+    b = fit_cox(shifted, "week", "arrest", cols, ties="breslow").table
+    pd.testing.assert_frame_equal(a, b, rtol=1e-9)
+    za, zb = cox_zph(d, "week", "arrest", cols), cox_zph(shifted, "week", "arrest", cols)
+    assert np.isfinite(za["chisq"]).all()
+    pd.testing.assert_frame_equal(za, zb, rtol=1e-9)
+
+
 def test_mortality_times_follow_up_rules():
     ep = pd.DataFrame({"days_t0_to_death": [2.0, np.nan, 40.0], "days_t0_to_discharge": [2.0, 5.0, 40.0],
                        "sam30": [True, False, False]})
