@@ -339,7 +339,10 @@ def fit_fine_gray(df: pd.DataFrame, duration: str, event: str, covariates: Seque
     _require_columns(df, covariates)
     _check_covariates(df, covariates)
     ex = finegray_expand(df, duration, event, event_of_interest)
-    res = _cox_engine(ex["fg_start"].to_numpy(float), ex["fg_stop"].to_numpy(float),
+    # each subject's first row covers (time origin, T]: at risk at every t <= T, t = 0 included
+    # (as cmprsk::crr); the engine's start < t would leave events at time 0 without a risk set
+    start = np.where(ex["fg_row"].duplicated(), ex["fg_start"].to_numpy(float), -np.inf)
+    res = _cox_engine(start, ex["fg_stop"].to_numpy(float),
                       ex["fg_status"].to_numpy(int), ex[covariates].to_numpy(float),
                       weights=ex["fg_weight"].to_numpy(float), ties=ties)
     n_ev = int((df[event] == event_of_interest).sum())

@@ -292,3 +292,15 @@ def test_fine_gray_without_censoring_equals_weights_of_one_for_survivors():
     alt = df.assign(t=np.where(df.e == 2, df.t.max() + 1, df.t), d=(df.e == 1).astype(int))
     ref = fit_cox(alt, "t", "d", ["x"], ph_test=False)
     assert res.summary()["coef"].iloc[0] == pytest.approx(ref.summary()["coef"].iloc[0], abs=1e-6)
+
+
+def test_fine_gray_keeps_events_at_time_zero(melanoma):
+    """An event or competing event at t = 0 is at risk at 0 (as cmprsk::crr); shifting every time
+    by a constant keeps the order and the censoring curve, so the fit must not change."""
+    d = melanoma.assign(time=melanoma["time"] - melanoma["time"].min())
+    assert (d["time"] == 0).any()
+    d.loc[d["time"].idxmin(), "event"] = 1
+    a = fit_fine_gray(d, "time", "event", ["sex", "age"]).table
+    b = fit_fine_gray(d.assign(time=d["time"] + 7.0), "time", "event", ["sex", "age"]).table
+    assert np.isfinite(a["coef"]).all()
+    pd.testing.assert_frame_equal(a, b, rtol=1e-8)
