@@ -802,6 +802,36 @@ def _time_ratios(act: np.ndarray, cf: np.ndarray) -> dict:
     return {"median": _ratio(np.median(a), np.median(c)), "mean": _ratio(a.mean(), c.mean())}
 
 
+#: Per-child process truths (keys added by :func:`_process_truths`).
+_PROCESS_TRUTH_DEFINITIONS = {
+    "screen_positive_rr_12m": "mean model probability of a positive screen over event-month-12 episodes, "
+    "actual / counterfactual (same episodes): ratio of proportions; huddle_rr_12m and order_set_rr_12m alike",
+    "screen_positive_rr_12m_population": "actual world's event-month-12 episodes vs the counterfactual world's "
+    "(base) episodes; huddle and order_set alike",
+}
+
+
+def _process_truths(params, site, latent, episodes, start, m12, base12) -> dict:
+    """Same-episode (per-child) and population ratios of process probabilities at event month 12,
+    from the model probabilities (recomputed here from the process model; data unchanged)."""
+    names = ("screen_positive", "huddle", "order_set")
+    out: dict[str, float | None] = {}
+    if not m12.any():
+        return {f"{k}_rr_12m{sfx}": None for k in names for sfx in ("", "_population")}
+    t0 = episodes["time_zero"].to_numpy().astype("datetime64[m]").astype(np.int64)
+    start_min = np.datetime64(str(start)[:7], "M").astype("datetime64[m]").astype(np.int64)
+    years = (t0 - start_min) / (MINUTES_PER_DAY * DAYS_PER_YEAR)
+    s = pd.Categorical(episodes["site_id"], categories=site["site_id"]).codes
+    ramp = latent["ramp"].to_numpy()
+    for j, name in enumerate(names):
+        base = logit(params["process_pre_prob"][name]) + site["proc_re"][s, j] + params["process_trend_logit_per_year"] * years
+        pa = expit(base + params["process_post_logit_shift"][name] * ramp)
+        pc = expit(base)
+        out[f"{name}_rr_12m"] = _ratio(pa[m12].sum(), pc[m12].sum())
+        out[f"{name}_rr_12m_population"] = _ratio(pa[m12].mean(), pc[base12].mean()) if base12.any() else None
+    return out
+
+
 def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_expansion, params,
            overrides, site, latent, latent_sm, episodes) -> dict:
     L = latent
@@ -882,6 +912,8 @@ def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_exp
         },
     }
 
+    estimands.update(_process_truths(params, site, L, episodes, start, m12, base12))
+    estimands["definitions"].update(_PROCESS_TRUTH_DEFINITIONS)
     estimands["not_estimable"] = {k: _why_not(k) for k, v in estimands.items() if v is None}
 
     # per-site truth
