@@ -158,11 +158,15 @@ def months_between(start: pd.Series, end: pd.Series) -> pd.Series:
 
 def cutoff_instant(as_of: str | pd.Timestamp) -> pd.Timestamp:
     """The first instant after the ``as_of`` month (``YYYY-MM``): data up to then are seen."""
+    import re
+
+    if isinstance(as_of, str) and not re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", as_of.strip()):
+        raise ValueError(f"as_of must be a month like YYYY-MM, got {as_of!r}")
     try:
         month = pd.Timestamp(as_of).to_period("M")
-    except (ValueError, TypeError) as exc:
+        return (month + 1).to_timestamp()
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ValueError(f"as_of must be a month like YYYY-MM, got {as_of!r}") from exc
-    return (month + 1).to_timestamp()
 
 
 def cut_at(episodes: pd.DataFrame, as_of: str | pd.Timestamp,

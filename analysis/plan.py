@@ -316,8 +316,8 @@ class Plan:
 
     def with_overrides(self, overrides: Sequence[Mapping[str, Any]], *,
                        version: str | None = None) -> Plan:
-        """Apply a list of overrides, each ``{estimand, level (optional: both), spec, <field>:
-        <value>...}``, or ``{estimand, level, add: {<specification>}}``, or ``{estimand, level,
+        """Apply a list of overrides, each ``{estimand, level (optional: every level with that
+        spec), spec, <field>: <value>...}``, or ``{estimand, level, add: {<specification>}}``, or ``{estimand, level,
         primary: <spec>, reason: <why the former primary stays as sensitivity>}``."""
         plan = self
         for i, o in enumerate(overrides):
@@ -326,9 +326,14 @@ class Plan:
                                 field="overrides")
             o = dict(o)
             est = str(o.pop("estimand"))
-            levels = [o.pop("level")] if "level" in o else [e.level for e in plan.estimands if e.id == est]
+            if "level" in o:
+                levels = [o.pop("level")]
+            else:  # every level of the estimand (that has the named specification)
+                levels = [e.level for e in plan.estimands if e.id == est
+                          and ("spec" not in o or any(s.name == o["spec"] for s in e.specs))]
             if not levels:
-                plan.get(est, "collaborative")  # raises naming the estimand
+                e0 = plan.get(est, "collaborative")  # raises naming the estimand
+                e0.spec(str(o.get("spec")))  # raises naming the specification
             for level in levels:
                 if "add" in o:
                     plan = plan.with_spec(est, level, _spec_from_dict(o["add"], est, level))
@@ -490,11 +495,11 @@ def _validate_estimand(e: Estimand, known: set[str]) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise bad(f"specification names repeat: {dup}", "specs")
+    for s in e.specs:
+        _validate_spec(s, e, known)
     n_primary = sum(s.role == "primary" for s in e.specs)
     if n_primary != 1:
         raise bad(f"needs exactly one primary specification, has {n_primary}", "specs")
-    for s in e.specs:
-        _validate_spec(s, e, known)
 
 
 def _spec_from_dict(d: Any, est: str, level: str) -> Specification:

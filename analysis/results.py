@@ -15,7 +15,8 @@ rows), ``scale`` (e.g. "risk ratio"), ``unit``, ``per`` (the per-what phrase of 
 ``better`` (lower / higher), ``time_point`` (months after go-live; 0 = whole post period),
 ``n`` (episodes, or admissions for recognition, used), ``events`` (deaths, compliant episodes,
 ... ; NaN for times), ``status`` (``"ok"`` or ``"not estimable"``), ``status_reason`` (why not
-estimable; never a count), ``method`` (one sentence), ``settings`` (the specification in one
+estimable, in words: never a count or a threshold a count could be read from), ``method`` (one
+sentence), ``settings`` (the specification in one
 line), ``alpha``, ``as_of``, ``plan_version``, ``data_hash``. ``note`` holds technical detail
 (e.g. the message of a failed fit) that is not for publication (:meth:`ResultsStore.publishable`
 drops it and suppresses small counts).
@@ -299,8 +300,7 @@ def _sentence(est: Estimand, spec: Specification, what: str) -> str:
 
 def _min_events_reason(est: Estimand) -> str:
     what = {"sam30": "deaths", "sam3": "deaths"}.get(est.variable, "events")
-    return (f"too few {what} to estimate a change (fewer than {MIN_EVENTS_EACH_PERIOD} before "
-            f"go-live or after the phase-in, or fewer than {MIN_EVENTS} in all)")
+    return f"too few {what} before go-live or after the phase-in to estimate a change"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,8 +382,8 @@ def _site_fits(ctx: EstimationContext, est: Estimand, spec: Specification) -> di
             post = g["months_since_go_live"] >= spec.transition
             if pre.sum() < MIN_MONTHS_PRE or post.sum() < MIN_MONTHS_POST:
                 out[str(site)] = Estimate.not_estimable(
-                    f"too few months with data before go-live (fewer than {MIN_MONTHS_PRE}) or "
-                    f"after the phase-in (fewer than {MIN_MONTHS_POST})", method, n=n, events=events)
+                    "too few months with data before go-live or after the phase-in", method, n=n,
+                    events=events)
                 continue
             if family == "poisson" and (g.loc[pre, y].sum() < MIN_EVENTS_EACH_PERIOD
                                         or g.loc[post, y].sum() < MIN_EVENTS_EACH_PERIOD
@@ -451,8 +451,8 @@ def site_eb(ctx: EstimationContext, est: Estimand, spec: Specification,
               "toward the mean of all hospitals (empirical Bayes, REML between-hospital variance); "
               f"effect {spec.time_point} months after go-live ({est.scale}).")
     if len(ok) < 3:
-        return {s: Estimate.not_estimable("fewer than 3 hospitals can be estimated, so there is "
-                                          "nothing to shrink toward", method) for s in scopes}
+        return {s: Estimate.not_estimable("too few hospitals can be estimated to shrink toward "
+                                          "their mean", method) for s in scopes}
     labels = sorted(ok)
     yi = np.array([math.log(ok[s].estimate) for s in labels])
     vi = np.array([ok[s].se ** 2 for s in labels])
@@ -486,7 +486,7 @@ def site_pooled(ctx: EstimationContext, est: Estimand, spec: Specification,
               f"(REML); effect {spec.time_point} months after go-live ({est.scale}); hospitals "
               "with too few events are left out.")
     if len(ok) < 3:
-        return {COLLABORATIVE: Estimate.not_estimable("fewer than 3 hospitals can be estimated", method)}
+        return {COLLABORATIVE: Estimate.not_estimable("too few hospitals can be estimated", method)}
     p = random_effects([math.log(e.estimate) for e in ok], [e.se for e in ok], method="reml",
                        alpha=ctx.alpha)
     n = float(sum(e.n for e in ok))
