@@ -126,7 +126,7 @@ class Specification:
     ``covariance``: ``"cluster"`` (by site, CR1 G/(G-1)), ``"model"`` (model-based Poisson),
     ``"quasi"`` (model-based, Pearson dispersion), ``"hac"`` (Newey-West). ``interval``: ``"z"``
     or ``"t"`` (t with G - 1 degrees of freedom for G clusters). ``time_point``: months after
-    go-live. ``seasonality``: Fourier pairs of calendar month (0 = none; common calendar shocks
+    go-live (0: a summary of every month after the transition, e.g. crude or Cox). ``seasonality``: Fourier pairs of calendar month (0 = none; common calendar shocks
     such as the winter peak are shared by all hospitals, which clustering by hospital does not
     cover). ``params``: estimator-specific settings.
     """
@@ -163,7 +163,8 @@ class Specification:
             bits.append("case mix without " + ", ".join(dropped) if dropped else
                         "case mix " + ", ".join(self.casemix))
         if self.time_point == 0:  # a whole-post-period summary (crude, Cox)
-            bits.append("all months from go-live on")
+            bits.append(f"all months after a {self.transition}-month phase-in" if self.transition
+                        else "all months from go-live on")
         else:
             bits += [f"transition {self.transition}",
                      "slope change" if self.slope_change else "level change",
@@ -461,7 +462,7 @@ def _validate_spec(s: Specification, e: Estimand, known: set[str]) -> None:
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise bad(f"{name} must be a non-negative integer (months), got {v!r}", name)
-    if s.time_point < s.transition:
+    if 0 < s.time_point < s.transition:  # time_point 0: a whole-post-period summary
         raise bad(f"time_point ({s.time_point}) is inside the transition ({s.transition} months)",
                   "time_point")
     if not isinstance(s.slope_change, bool):
@@ -623,10 +624,10 @@ def _mortality(window: int) -> list[Estimand]:
             ]
             if window == 30:
                 specs.append(Specification(
-                    "cox_calendar", "sensitivity", "cox_calendar", "hazard ratio over all months "
-                    "after go-live (phase-in included), Cox model stratified by hospital, adjusted "
-                    "for case mix and calendar time, cluster-robust SE",
-                    time_point=0, transition=0, family=None, params={"horizon_days": window}))
+                    "cox_calendar", "sensitivity", "cox_calendar", "hazard ratio over the months "
+                    "after the phase-in, Cox model stratified by hospital, adjusted for case mix "
+                    "and calendar time, cluster-robust SE: another model and scale",
+                    time_point=0, transition=6, family=None, params={"horizon_days": window}))
         else:
             specs += [
                 Specification("site_eb", "primary", "site_eb", covariance="model"),

@@ -552,9 +552,11 @@ def cox_calendar(ctx: EstimationContext, est: Estimand, spec: Specification,
     from .survival import fit_mortality_cox
 
     horizon = float(spec.params.get("horizon_days", 30))
+    tr = (f"the months after a {spec.transition}-month phase-in" if spec.transition
+          else "all months from go-live on")
     method = (f"Cox model of sepsis-attributable death within {horizon:g} days, stratified by "
               "hospital, adjusted for case mix and calendar time (linear), cluster-robust SE by "
-              "hospital; hazard ratio over all months after go-live (phase-in included).")
+              f"hospital; hazard ratio over {tr}.")
     ep = ctx.episodes
     known = ep[VARIABLES[est.variable].known].astype(bool) if VARIABLES[est.variable].known else None
     try:
@@ -562,7 +564,7 @@ def cox_calendar(ctx: EstimationContext, est: Estimand, spec: Specification,
             warnings.simplefilter("ignore")
             res = fit_mortality_cox(ep if known is None else ep[known], adjust="strata_cluster",
                                     horizon=horizon, event_col=VARIABLES[est.variable].column,
-                                    alpha=ctx.alpha, calendar="linear")
+                                    alpha=ctx.alpha, calendar="linear", transition=spec.transition)
     except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
         return {COLLABORATIVE: Estimate.not_estimable("the model could not be fitted", method,
                                                       note=str(exc))}

@@ -441,8 +441,9 @@ class KMResult:
 
     ``curves``: unit, period, time (days), survival, ci_lower, ci_upper.
     ``at_risk``: unit, period, time, at_risk.
-    ``comparison``: per unit: survival at horizon by period, log-rank chi2/p, RMST (days, to
-    horizon) by period and post - pre difference with CI; ``status`` says why a row is missing.
+    ``comparison``: per unit: survival at horizon by period, RMST (days, to horizon) by period
+    and the post - pre difference (descriptive; log-rank chi2/p and the difference's CI only with
+    ``inference="independent"``); ``status`` says why a row is missing.
     """
 
     curves: pd.DataFrame
@@ -518,10 +519,18 @@ def rmst(km: pd.DataFrame, tau: float) -> tuple[float, float]:
 
 def km_by_period(episodes: pd.DataFrame, *, by: str | None = "site_id", horizon: float = 30.0,
                  follow_up: FollowUp = "ipso", at_risk_times: Sequence[float] = (0, 3, 7, 14, 21, 30),
-                 alpha: float = 0.05) -> KMResult:
+                 alpha: float = 0.05, inference: Literal["none", "independent"] = "none") -> KMResult:
     """Kaplan-Meier 30-day survival from T0 by period (``post``), for the collaborative and each
-    unit of `by` (None = collaborative only). Log-rank test and RMST difference (post - pre, days,
-    normal CI from the two independent RMST SEs)."""
+    unit of `by` (None = collaborative only), with the RMST difference (post - pre, days).
+
+    The comparison is descriptive by default (``inference="none"``): no log-rank p-value and no
+    interval for the RMST difference, because episodes of one hospital are not independent and
+    a before/after contrast mixes the collaborative's effect with trends and case mix (the plan's
+    primary estimates are in :mod:`analysis.results`). ``inference="independent"`` adds the
+    log-rank test and a normal CI from the two RMST SEs, which treat every episode as
+    independent (defensible for one hospital at most, never for the collaborative)."""
+    if inference not in ("none", "independent"):
+        raise ValueError(f"inference must be 'none' or 'independent', got {inference!r}")
     from lifelines.statistics import logrank_test
 
     _require_columns(episodes, ["post"] + ([by] if by else []))
@@ -561,15 +570,17 @@ def km_by_period(episodes: pd.DataFrame, *, by: str | None = "site_id", horizon:
             row["status"] = "single period: no comparison"
         elif g["event"].sum() == 0:
             row["status"] = "no deaths: log-rank not defined"
-        else:
+        elif inference == "independent":
             pre, post = g[g["period"] == "pre"], g[g["period"] == "post"]
             lr = logrank_test(pre["time"], post["time"], pre["event"], post["event"])
             row["logrank_chi2"], row["logrank_p"] = float(lr.test_statistic), float(lr.p_value)
         if len(have) == 2:
             diff = row["rmst_post"] - row["rmst_pre"]
-            se = float(np.hypot(row["rmst_se_post"], row["rmst_se_pre"]))
-            row.update(rmst_diff=diff, rmst_diff_se=se, rmst_diff_lower=diff - q * se,
-                       rmst_diff_upper=diff + q * se)
+            row["rmst_diff"] = diff
+            if inference == "independent":
+                se = float(np.hypot(row["rmst_se_post"], row["rmst_se_pre"]))
+                row.update(rmst_diff_se=se, rmst_diff_lower=diff - q * se,
+                           rmst_diff_upper=diff + q * se)
         comp.append(row)
     return KMResult(pd.concat(curves, ignore_index=True), pd.concat(risk_rows, ignore_index=True),
                     pd.DataFrame(comp), horizon, follow_up)
@@ -601,7 +612,7 @@ def fit_mortality_cox(episodes: pd.DataFrame, *,
                       adjust: Literal["strata", "cluster", "strata_cluster"] = "strata",
                       follow_up: FollowUp = "ipso", horizon: float = 30.0, ties: Ties = "efron",
                       alpha: float = 0.05, calendar: Literal["linear", "none"] = "linear",
-                      event_col: str = "sam30") -> CoxResult:
+                      event_col: str = "sam30", transition: int = 0) -> CoxResult:
     """Cox model for sepsis-attributable death within `horizon` days (`event_col`): post-go-live
     indicator plus case mix, stratified by site (``adjust="strata"``), with site-clustered
     robust SEs (``"cluster"``) or both (``"strata_cluster"``, as R ``coxph(... + strata(site) +
@@ -611,12 +622,22 @@ def fit_mortality_cox(episodes: pd.DataFrame, *,
     that the ``post`` hazard ratio does not absorb the secular trend: with staggered go-lives,
     ``post`` is then compared within calendar time. ``"none"`` is the unadjusted model (the
     ``post`` HR then mixes the collaborative's effect with the trend: -5% bias on the simulator).
+    ``transition``: months from go-live (phase-in) left out. With calendar time in the model,
+    an effect that is still growing in the phase-in months biases the ``post`` HR toward no
+    effect (hospitals already in their phase-in act as controls for later ones), so the plan
+    leaves the phase-in out (``transition=6``), as its segmented regressions do.
     """
     if adjust not in ("strata", "cluster", "strata_cluster"):
         raise ValueError(f"adjust must be 'strata', 'cluster' or 'strata_cluster', got {adjust!r}")
     if calendar not in ("linear", "none"):
         raise ValueError(f"calendar must be 'linear' or 'none', got {calendar!r}")
     _require_columns(episodes, ["site_id"])
+    if int(transition) != transition or transition < 0:
+        raise ValueError(f"transition must be a non-negative integer, got {transition!r}")
+    if transition:
+        _require_columns(episodes, ["months_since_go_live"])
+        m = episodes["months_since_go_live"]
+        episodes = episodes[~((m >= 0) & (m < transition))]
     df = mortality_times(episodes, follow_up=follow_up, horizon=horizon, event_col=event_col)
     if df["post"].nunique() < 2:
         raise ValueError("post-go-live indicator has a single level: both periods are needed")

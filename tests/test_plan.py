@@ -154,9 +154,9 @@ def test_cli_plan_show(tmp_path):
     bad.write_text(yaml.safe_dump({"extends": "default", "overrides": [
         {"estimand": "bundle", "level": "site", "spec": "site_its", "transition": "six"}]}))
     r = subprocess.run([str(BIN / "ipso"), "plan", "show", "--plan", str(bad)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2
     assert "'bundle'" in r.stderr and "field 'transition'" in r.stderr, r.stderr
     r = subprocess.run([str(BIN / "ipso"), "plan", "show", "--plan", str(tmp_path / "none.yml")],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "cannot read plan file" in r.stderr

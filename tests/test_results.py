@@ -177,10 +177,10 @@ def test_cli_estimate(tmp_path):
     bad.write_text("extends: default\noverrides:\n  - {estimand: sam30, spec: its_multisite, "
                    "covariance: robust}\n")
     r = subprocess.run([str(BIN / "ipso"), "estimate", "--data", str(tmp_path / "data"), "--out",
-                        str(out), "--plan", str(bad)], capture_output=True, text=True)
+                        str(out), "--plan", str(bad)], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "'sam30'" in r.stderr and "field 'covariance'" in r.stderr
     r = subprocess.run([str(BIN / "ipso"), "estimate", "--data", str(tmp_path / "data"), "--out",
-                        str(out), "--as-of", "June"], capture_output=True, text=True)
+                        str(out), "--as-of", "June"], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "as_of" in r.stderr
 
 
