@@ -45,20 +45,17 @@ import pandas as pd
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_its_truth import NULL_EFFECTS as ITS_NULL_EFFECTS
 
 from analysis.derive import attach_sites, derive_episodes
 from analysis.results import estimate_all
 from analysis.simulate import simulate_collaborative
 
-#: Every true effect set to "no effect" (keys of analysis.simulate.DEFAULT_EFFECTS).
-NULL_EFFECTS = {
-    "post_direct_rr": 1.0,
-    "process_post_logit_shift": {"screen_positive": 0.0, "huddle": 0.0, "order_set": 0.0},
-    "bolus_time_post_ratio": 1.0,
-    "antibiotic_time_post_ratio": 1.0,
-    "los_post_rr": 1.0,
-    "recognition_expansion": 0.0,
-}
+#: Every true effect set to "no effect" (keys of analysis.simulate.DEFAULT_EFFECTS): the ITS truth
+#: study's null (mortality, processes, times) plus no LOS effect and no recognition expansion.
+NULL_EFFECTS = {**ITS_NULL_EFFECTS, "los_post_rr": 1.0, "recognition_expansion": 0.0}
 
 #: Primary collaborative estimand -> its truth in truth["estimands"].
 TRUTH_KEYS = {
