@@ -33,10 +33,10 @@ TRUTH_KEYS = {
     "screen_positive": "screen_positive_rr_12m", "huddle": "huddle_rr_12m",
     "order_set": "order_set_rr_12m", "hospital_days": "los_ratio_12m",
     "hospital_days_population": "los_ratio_12m_population",
-    "bolus_minutes": "minutes_to_bolus_ratio_12m",
-    "bolus_minutes_population": "minutes_to_bolus_ratio_12m_population",
-    "antibiotic_minutes": "minutes_to_antibiotic_ratio_12m",
-    "antibiotic_minutes_population": "minutes_to_antibiotic_ratio_12m_population",
+    "bolus_minutes": "minutes_to_bolus_ratio_12m_expected",
+    "bolus_minutes_population": "minutes_to_bolus_ratio_12m_population_expected",
+    "antibiotic_minutes": "minutes_to_antibiotic_ratio_12m_expected",
+    "antibiotic_minutes_population": "minutes_to_antibiotic_ratio_12m_population_expected",
 }
 
 
