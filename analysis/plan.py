@@ -128,7 +128,8 @@ class Specification:
     or ``"t"`` (t with G - 1 degrees of freedom for G clusters). ``time_point``: months after
     go-live (0: a summary of every month after the transition, e.g. crude or Cox). ``seasonality``: Fourier pairs of calendar month (0 = none; common calendar shocks
     such as the winter peak are shared by all hospitals, which clustering by hospital does not
-    cover). ``params``: estimator-specific settings.
+    cover). ``params``: estimator-specific settings (``its_multisite``: ``site_trends`` false
+    for one common trend; ``cox_calendar``: ``horizon_days``).
     """
 
     name: str
@@ -618,6 +619,9 @@ def _mortality(window: int) -> list[Estimand]:
                      casemix=_NO_CRITICAL),
                 _its("slope_change", "sensitivity", "lets the effect grow or fade after the "
                      "phase-in instead of assuming a constant level change", slope_change=True),
+                _its("common_trend", "sensitivity", "one calendar trend for all hospitals instead "
+                     "of one each: fewer nuisance parameters for a rare outcome",
+                     params={"site_trends": False}),
                 Specification("pooled_site_its", "sensitivity", "site_pooled",
                               "per-hospital ITS pooled by REML random effects (the forest plot): "
                               "weights hospitals, not episodes", covariance="model"),

@@ -342,7 +342,8 @@ def its_multisite(ctx: EstimationContext, est: Estimand, spec: Specification,
             fit = fit_its_multisite(d, y, site="site_id", time="month", go_live="go_live_month",
                                     family=family, exposure=x, se=se_type,
                                     transition=spec.transition, slope_change=spec.slope_change,
-                                    seasonality=spec.seasonality, alpha=ctx.alpha)
+                                    seasonality=spec.seasonality, alpha=ctx.alpha,
+                                    site_trends=bool(spec.params.get("site_trends", True)))
     except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
         return {COLLABORATIVE: Estimate.not_estimable("the model could not be fitted", method,
                                                       note=str(exc), n=n, events=events)}

@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_its_truth import NULL_EFFECTS as ITS_NULL_EFFECTS
 
 from analysis.derive import attach_sites, derive_episodes
+from analysis.plan import Plan
 from analysis.results import estimate_all
 from analysis.simulate import simulate_collaborative
 
@@ -100,17 +101,20 @@ def simulated(seed: int, scenario: str = "default", **kw) -> tuple[_Data, dict]:
     return _Data(ep, sim.sites, sim.site_months, f"seed {seed}"), sim.truth
 
 
-def run_replicate(seed: int, scenario: str, level: str, sites: int, scale: float) -> list[dict]:
+def run_replicate(seed: int, scenario: str, level: str, sites: int, scale: float,
+                  plan_path: str | None = None, estimands: list[str] | None = None) -> list[dict]:
     t0 = time.perf_counter()
     data, truth = simulated(seed, scenario, sites=sites, scale=scale)
+    plan = Plan.from_yaml(plan_path) if plan_path else None
     rows = []
     if level == "collaborative":
-        store = estimate_all(data, scopes="collaborative", roles=["primary"])
+        store = estimate_all(data, plan, scopes="collaborative", roles=["primary"],
+                             estimands=estimands)
         for _, r in store.frame.iterrows():
             tr = truth["estimands"].get(TRUTH_KEYS.get(r["estimand"], ""), None)
             rows.append(_row(seed, scenario, r, tr))
     else:
-        store = estimate_all(data, scopes="sites", estimands=["sam30"],
+        store = estimate_all(data, plan, scopes="sites", estimands=["sam30"],
                              roles=["primary", "sensitivity"])
         site_truth = {s["site_id"]: s["sam30_rr_12m"] for s in truth["sites"]}
         for _, r in store.frame.iterrows():
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True, help="CSV of per-replicate rows (appended)")
+    ap.add_argument("--plan", default=None, help="plan YAML (default: the built-in plan)")
+    ap.add_argument("--estimands", default=None, help="comma-separated estimand ids (default: all)")
     ap.add_argument("--summary", action="store_true", help="only summarise --out")
     ap.add_argument("--refresh-truth", action="store_true",
                     help="recompute the truth column of --out from the simulator")
@@ -208,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [s for s in range(a.seed0, a.seed0 + a.replicates) if s not in done]
         print(f"{len(done)} replicates already in {a.out}; running {len(seeds)}", file=sys.stderr)
         t = time.perf_counter()
-        args = (a.scenario, a.level, a.sites, a.scale)
+        args = (a.scenario, a.level, a.sites, a.scale, a.plan,
+                a.estimands.split(",") if a.estimands else None)
 
         def save(rows: list[dict]) -> None:
             pd.DataFrame(rows).to_csv(a.out, mode="a", header=not a.out.exists(), index=False)
