@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.width", 220)
     pd.set_option("display.max_columns", 30)
     if not a.summary:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
         done: set[int] = set()
         if a.out.exists():
             done = set(pd.read_csv(a.out, usecols=["seed"])["seed"].unique())
