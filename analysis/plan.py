@@ -600,6 +600,12 @@ def _crude(level: str) -> Specification:
 
 
 _NO_CRITICAL = tuple(c for c in DEFAULT_CASEMIX if c != "critical_sepsis")
+#: Mortality: hospital intercepts and one calendar trend shared by all hospitals. A trend per
+#: hospital, fitted on about 40 30-day (18 3-day) deaths each, biased the ratio up by 0.7% (1.6%)
+#: against the common trend on 200 paired simulator replicates, which is correctly specified
+#: there; staggered go-lives identify the common trend (as calendar effects in difference in
+#: differences).
+_COMMON_TREND: dict[str, Any] = {"params": {"site_trends": False}}
 #: Proportions (bundle, screen, huddle, order set): a shift on the logit scale gives a ratio of
 #: proportions that drifts as the baseline rises, and a level-only ratio model then lets that
 #: drift tilt the hospitals' trends (+1.5 to +3% bias on the simulator); a slope change absorbs it.
@@ -613,15 +619,16 @@ def _mortality(window: int) -> list[Estimand]:
         specs: list[Specification] = []
         if level == "collaborative":
             specs += [
-                _its("its_multisite", covariance="cluster"),
+                _its("its_multisite", covariance="cluster", **_COMMON_TREND),
                 _its("no_critical_casemix", "sensitivity", "the IPSO practices may change who is "
                      "classed as critical, so critical_sepsis is dropped from the case mix",
-                     casemix=_NO_CRITICAL),
+                     casemix=_NO_CRITICAL, **_COMMON_TREND),
                 _its("slope_change", "sensitivity", "lets the effect grow or fade after the "
-                     "phase-in instead of assuming a constant level change", slope_change=True),
-                _its("common_trend", "sensitivity", "one calendar trend for all hospitals instead "
-                     "of one each: fewer nuisance parameters for a rare outcome",
-                     params={"site_trends": False}),
+                     "phase-in instead of assuming a constant level change", slope_change=True,
+                     **_COMMON_TREND),
+                _its("site_trends", "sensitivity", "one calendar trend per hospital: allows "
+                     "hospital-specific secular change, but with few deaths per hospital biases "
+                     "the ratio up (+0.7% for 30-day, +1.6% for 3-day mortality on the simulator)"),
                 Specification("pooled_site_its", "sensitivity", "site_pooled",
                               "per-hospital ITS pooled by REML random effects (the forest plot): "
                               "weights hospitals, not episodes", covariance="model"),

@@ -318,8 +318,12 @@ def its_multisite(ctx: EstimationContext, est: Estimand, spec: Specification,
     pre = frame["months_since_go_live"] < 0
     n = float(frame["_n"].sum())
     events = float(frame[y].sum()) if family == "poisson" else math.nan
-    method = _sentence(est, spec, "All hospitals together (site intercepts and trends, "
-                       f"{'cluster-robust SE by hospital' if spec.covariance == 'cluster' else spec.covariance + ' SE'})")
+    trends = ("a calendar trend per hospital" if spec.params.get("site_trends", True)
+              else "one calendar trend shared by all hospitals")
+    se_text = ("cluster-robust SE by hospital" if spec.covariance == "cluster"
+               else f"{spec.covariance} SE")
+    method = _sentence(est, spec, f"All hospitals together (hospital intercepts, {trends}, "
+                       f"{se_text})")
     d = frame
     note = ""
     if family == "gaussian":

@@ -61,6 +61,8 @@ def test_default_plan_states_the_estimands():
     m = plan.get("sam30", "collaborative")
     p = m.primary
     assert (p.estimator, p.transition, p.slope_change, p.covariance) == ("its_multisite", 6, False, "cluster")
+    assert p.params == {"site_trends": False}  # one common trend (site trends: sensitivity)
+    assert m.spec("site_trends").params == {} and m.spec("site_trends").role == "sensitivity"
     assert "critical_sepsis" not in m.spec("no_critical_casemix").casemix
     assert plan.primary("sam30", "site").estimator == "site_eb"
     assert plan.get("sam30", "site").spec("site_its").role == "sensitivity"
