@@ -449,7 +449,13 @@ def site_eb(ctx: EstimationContext, est: Estimand, spec: Specification,
             scopes: Sequence[str], shrink: Callable[..., pd.DataFrame] = blup) -> dict[str, Estimate]:
     """Each hospital's effect shrunk toward the collaborative mean (empirical Bayes / BLUP):
     its own segmented-regression estimate (as ``site_its``) weighted against the REML mean of
-    every hospital's estimate, by how precise it is relative to the spread between hospitals."""
+    every hospital's estimate, by how precise it is relative to the spread between hospitals.
+
+    `shrink(yi, vi, *, alpha)` takes log effects and variances and returns a frame with columns
+    ``estimate``, ``se``, ``lower``, ``upper`` (log scale), ``shrinkage`` and ``attrs["tau2"]``
+    (default :func:`blup`). Another shrinkage function (e.g. one whose intervals carry the
+    uncertainty of tau2) is one registry line:
+    ``ESTIMATORS["site_eb"] = functools.partial(site_eb, shrink=that_function)``."""
     own = _site_fits(ctx, est, spec)
     ok = {s: e for s, e in own.items() if e.status == "ok"}
     method = ("This hospital's own segmented regression (as the site_its specification), shrunk "
