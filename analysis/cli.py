@@ -88,6 +88,41 @@ def ingest(
 
 
 # ---------------------------------------------------------------------------------------------
+# estimate / plan (owner: analysis.results, analysis.plan)
+@app.command()
+def estimate(
+    data: Path = typer.Option(..., "--data", help="Store or extract directory."),
+    out: Path = typer.Option(..., "--out", help="Results store to write (Parquet)."),
+    as_of: Optional[str] = typer.Option(
+        None, "--as-of", help="Data cut-off month YYYY-MM: later episodes left out, outcomes censored."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="Analysis plan YAML (default: the built-in plan)."),
+    scopes: str = typer.Option("all", "--scopes", help="'all', 'collaborative', 'sites' or ids, comma-separated."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Compute every estimand of the analysis plan once and write the results store."""
+    from .results import run_estimate_command
+
+    run_estimate_command(data=data, out=out, as_of=as_of, plan_path=plan, scopes=scopes,
+                         json_out=json_out)
+
+
+plan_app = typer.Typer(help="The analysis plan: estimands and their specifications.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+
+
+@plan_app.command("show")
+def plan_show(
+    plan: Optional[Path] = typer.Option(None, "--plan", help="Analysis plan YAML (default: the built-in plan)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    yaml_out: bool = typer.Option(False, "--yaml", help="Print the plan as YAML (a file --plan accepts)."),
+) -> None:
+    """Print the analysis plan (estimands x levels x specifications)."""
+    from .results import run_plan_show_command
+
+    run_plan_show_command(plan_path=plan, json_out=json_out, yaml_out=yaml_out)
+
+
+# ---------------------------------------------------------------------------------------------
 # render (owner: analysis.batch)
 @app.command()
 def render(

@@ -33,7 +33,20 @@ DERIVED_COLUMNS: dict[str, str] = {
     "abx_60": "first antibiotic within Settings.antibiotic_fast_window_min of T0",
     "bundle_compliant": "final IPSO bundle: recognised and fluid_60 and abx_180",
     "age_group": "age band: <1, 1-4, 5-12, 13+ years",
+    "followup_days": "days from T0 to the data cut-off (inf without a cut-off; see censor_at)",
+    "los_complete": "hospital stay known: discharged by the cut-off and followed for LOS_FOLLOWUP_DAYS",
 }
+
+#: Days of follow-up after T0 an episode needs before its hospital days count (with a cut-off):
+#: an outcome-independent rule, so that long stays still open at the cut-off do not bias the mean
+#: stay of the last months downwards (stays longer than this are rare and are then left out).
+LOS_FOLLOWUP_DAYS: float = 90.0
+
+
+def complete_column(days: int) -> str:
+    """Column telling whether the `days`-day window after T0 is complete at the cut-off
+    (e.g. ``sam30_complete``): window outcomes count only for these episodes."""
+    return f"{sam_column(days)}_complete"
 
 
 def _minutes(later: pd.Series, earlier: pd.Series) -> pd.Series:
@@ -62,9 +75,32 @@ def age_group(age_years: pd.Series) -> pd.Series:
     )
 
 
-def derive_episodes(episodes: pd.DataFrame, settings: Settings = DEFAULT_SETTINGS) -> pd.DataFrame:
-    """Return a copy of `episodes` with the derived columns of :data:`DERIVED_COLUMNS` added."""
-    df = episodes.copy()
+def derive_episodes(
+    episodes: pd.DataFrame,
+    settings: Settings = DEFAULT_SETTINGS,
+    *,
+    censor_at: pd.Timestamp | str | None = None,
+) -> pd.DataFrame:
+    """Return a copy of `episodes` with the derived columns of :data:`DERIVED_COLUMNS` added.
+
+    `censor_at`: the data cut-off, an instant (e.g. the first moment after the ``as_of`` month).
+    Outcomes are then derived as they were seen at the cut-off: a death, discharge or treatment
+    after it is not seen. Window outcomes (``sam3``, ``sam30``) count only for episodes whose whole
+    window ended by the cut-off (``sam{w}_complete``; incomplete episodes have ``sam{w} = False``
+    and must be left out of numerator *and* denominator, as :mod:`analysis.measures` does).
+    Counting them as survivors would bias mortality down; keeping only those with a known outcome
+    (died, or discharged alive) would bias it up, because deaths are seen sooner than survival.
+    Hospital days count only when the episode was followed for :data:`LOS_FOLLOWUP_DAYS` and
+    discharged by the cut-off (``los_complete``; ``los_days`` is NaN otherwise).
+    Without `censor_at`, every outcome in the data is taken as complete.
+    """
+    stale = [c for c in episodes.columns if c.startswith("sam") and c.endswith("_complete")]
+    df = episodes.drop(columns=stale)  # a copy; window flags of other settings are recomputed
+    cutoff = None if censor_at is None else pd.Timestamp(censor_at)
+    if cutoff is not None:
+        for col in ("death_time", "first_bolus_time", "first_antibiotic_time"):
+            df[col] = df[col].where(df[col] <= cutoff)
+        df["discharge_time"] = df["discharge_time"].where(df["discharge_time"] <= cutoff)
     t0 = df["time_zero"]
     df["month"] = t0.dt.to_period("M").dt.to_timestamp()
     df["minutes_to_bolus"] = _minutes(df["first_bolus_time"], t0)
@@ -86,6 +122,17 @@ def derive_episodes(episodes: pd.DataFrame, settings: Settings = DEFAULT_SETTING
     df["abx_60"] = _within(df["minutes_to_antibiotic"], settings.antibiotic_fast_window_min, before_ok)
     df["bundle_compliant"] = df["recognised"] & df["fluid_60"] & df["abx_180"]
     df["age_group"] = age_group(df["age_years"])
+    if cutoff is None:
+        df["followup_days"] = np.inf
+    else:
+        df["followup_days"] = ((cutoff - t0) / DAY).astype(float)
+    for w in settings.sam_windows_days:
+        complete = df["followup_days"] >= w
+        df[complete_column(w)] = complete.to_numpy(dtype=bool)
+        df[sam_column(w)] = df[sam_column(w)] & complete
+    df["los_complete"] = df["discharge_time"].notna() & (
+        np.isinf(df["followup_days"]) | (df["followup_days"] >= LOS_FOLLOWUP_DAYS))
+    df["los_days"] = df["los_days"].where(df["los_complete"])
     return df
 
 
@@ -107,3 +154,28 @@ def attach_sites(episodes: pd.DataFrame, sites: pd.DataFrame) -> pd.DataFrame:
 def months_between(start: pd.Series, end: pd.Series) -> pd.Series:
     """Whole calendar months from `start` to `end` (both month-start Timestamps)."""
     return (end.dt.year - start.dt.year) * 12 + (end.dt.month - start.dt.month)
+
+
+def cutoff_instant(as_of: str | pd.Timestamp) -> pd.Timestamp:
+    """The first instant after the ``as_of`` month (``YYYY-MM``): data up to then are seen."""
+    import re
+
+    if isinstance(as_of, str) and not re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", as_of.strip()):
+        raise ValueError(f"as_of must be a month like YYYY-MM, got {as_of!r}")
+    try:
+        month = pd.Timestamp(as_of).to_period("M")
+        return (month + 1).to_timestamp()
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"as_of must be a month like YYYY-MM, got {as_of!r}") from exc
+
+
+def cut_at(episodes: pd.DataFrame, as_of: str | pd.Timestamp,
+           settings: Settings = DEFAULT_SETTINGS) -> tuple[pd.DataFrame, int]:
+    """Episodes as known at the end of the ``as_of`` month: episodes with T0 after that month are
+    left out (their number is returned), and the outcomes of the others are re-derived with
+    ``censor_at`` = the first instant after it (see :func:`derive_episodes`). `episodes` are
+    derived episodes (site columns, when attached, are kept)."""
+    cutoff = cutoff_instant(as_of)
+    late = episodes["time_zero"] >= cutoff
+    kept = derive_episodes(episodes.loc[~late].reset_index(drop=True), settings, censor_at=cutoff)
+    return kept, int(late.sum())

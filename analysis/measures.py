@@ -8,10 +8,13 @@ Units
 -----
 - ``recognition_per_1000``: sepsis episodes per 1,000 hospital admissions.
 - ``hospital_onset_per_1000``: hospital-onset episodes per 1,000 admissions.
-- ``sam3_pct`` / ``sam30_pct``: sepsis-attributable deaths per 100 episodes.
+- ``sam3_pct`` / ``sam30_pct``: sepsis-attributable deaths per 100 episodes whose 3-/30-day window
+  is complete at the data cut-off (denominators ``sam3_n`` / ``sam30_n``; without a cut-off every
+  episode).
 - ``*_pct`` for process elements: % of episodes.
 - ``*_minutes_median`` / ``*_minutes_mean``: minutes from T0, among episodes that received it.
-- ``hospital_days_per_episode`` / ``icu_days_per_episode``: days per episode.
+- ``hospital_days_per_episode`` / ``icu_days_per_episode``: days per episode whose stay is known
+  (``los_complete``, denominator ``los_n``; without a cut-off every episode).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ TIME_MEASURES: dict[str, str] = {
 }
 
 
+#: Window outcomes: counted among episodes whose window is complete (``<flag>_complete``).
+_WINDOW_FLAGS = ("sam3", "sam30")
+
+
 @dataclass(frozen=True)
 class MeasureInfo:
     """What a measure column means: numerator, denominator, unit."""
@@ -66,16 +73,17 @@ def _catalogue() -> dict[str, MeasureInfo]:
             "hospital-onset episodes per 1,000 admissions", 1000.0,
         ),
         "hospital_days_per_episode": MeasureInfo(
-            "hospital_days_per_episode", "hospital_days", "episodes", "days per episode", 1.0
+            "hospital_days_per_episode", "hospital_days", "los_n", "days per episode", 1.0
         ),
         "icu_days_per_episode": MeasureInfo(
-            "icu_days_per_episode", "icu_days", "episodes", "ICU days per episode", 1.0
+            "icu_days_per_episode", "icu_days", "los_n", "ICU days per episode", 1.0
         ),
     }
     for flag in FLAG_MEASURES:
         if flag == "hospital_onset":
             continue
-        cat[f"{flag}_pct"] = MeasureInfo(f"{flag}_pct", flag, "episodes", "% of episodes", 100.0)
+        den = f"{flag}_n" if flag in _WINDOW_FLAGS else "episodes"
+        cat[f"{flag}_pct"] = MeasureInfo(f"{flag}_pct", flag, den, "% of episodes", 100.0)
     return cat
 
 
@@ -95,16 +103,23 @@ def _aggregate(episodes: pd.DataFrame, keys: list[str], extra_sums: list[str]) -
     """Sums, medians and means per group (one vectorised groupby)."""
     flags = [c for c in FLAG_MEASURES if c in episodes.columns]
     work = episodes[keys].copy()
+    counts = []
     for c in flags:
         work[c] = episodes[c].astype("int64")
-    work["hospital_days"] = episodes["los_days"].astype(float)
-    work["icu_days"] = episodes["icu_days"].astype(float)
+        if c in _WINDOW_FLAGS:  # denominators: episodes whose window is complete at the cut-off
+            done = f"{c}_complete"
+            work[f"{c}_n"] = episodes[done].astype("int64") if done in episodes else 1
+            counts.append(f"{c}_n")
+    known = episodes["los_complete"] if "los_complete" in episodes else episodes["los_days"].notna()
+    work["los_n"] = known.astype("int64")
+    work["hospital_days"] = episodes["los_days"].astype(float).where(known)
+    work["icu_days"] = episodes["icu_days"].astype(float).where(known)
     for c in extra_sums:
         work[c] = episodes[c].astype(float)
     for prefix, col in TIME_MEASURES.items():
         work[prefix] = episodes[col].astype(float)
     g = work.groupby(keys, observed=True, sort=True)
-    sums = g[flags + ["hospital_days", "icu_days", *extra_sums]].sum()
+    sums = g[flags + counts + ["los_n", "hospital_days", "icu_days", *extra_sums]].sum()
     sums.insert(0, "episodes", g.size())
     for prefix in TIME_MEASURES:
         sums[f"{prefix}_n"] = g[prefix].count()
@@ -162,11 +177,14 @@ def monthly_measures(
         agg = _aggregate(episodes, keys, extra).reset_index()
         adm = sm.groupby("month", as_index=False)["admissions"].sum(min_count=1)
         out = adm.merge(agg, on="month", how="outer")
-    count_cols = ["episodes", *[c for c in FLAG_MEASURES if c in out], "hospital_days", "icu_days", *extra]
+    n_cols = [f"{c}_n" for c in _WINDOW_FLAGS if f"{c}_n" in out] + ["los_n"]
+    count_cols = ["episodes", *[c for c in FLAG_MEASURES if c in out], *n_cols, "hospital_days",
+                  "icu_days", *extra]
     count_cols += [f"{p}_n" for p in TIME_MEASURES]
     for c in count_cols:
         out[c] = out[c].fillna(0)
-    int_cols = ["episodes", *[c for c in FLAG_MEASURES if c in out], *[f"{p}_n" for p in TIME_MEASURES]]
+    int_cols = ["episodes", *[c for c in FLAG_MEASURES if c in out], *n_cols,
+                *[f"{p}_n" for p in TIME_MEASURES]]
     out[int_cols] = out[int_cols].astype("int64")
     out = _add_rates(out)
     out = out.sort_values(keys).reset_index(drop=True)

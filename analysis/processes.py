@@ -20,9 +20,16 @@ site's go-live) and secular time (``years`` since the first T0 month, linear) un
 Processes (bool columns from :func:`analysis.derive.derive_episodes`): ``screen_positive``,
 ``huddle``, ``order_set``, ``fluid_60``, ``abx_60``, ``abx_180``; and the antibiotic delay as
 ``antibiotic_hours`` (per-hour term: hours from T0 to first antibiotic, clipped to
-[0, `antibiotic_hours_cap`] = [0, 12] h; antibiotics before T0 count as 0 h; no antibiotic counts
-as the cap) or ``antibiotic_spline`` (natural cubic regression spline of the same hours, `spline_df`
-degrees of freedom; see :meth:`ProcessAssociations.antibiotic_curve`).
+[0, `antibiotic_hours_cap`] = [0, 12] h; antibiotics before T0 count as 0 h) or
+``antibiotic_spline`` (natural cubic regression spline of the same hours, `spline_df` degrees of
+freedom; see :meth:`ProcessAssociations.antibiotic_curve`).
+
+Children who never get an antibiotic (argument ``untreated``) include those who die before they
+could: coding them as the longest delay (the cap, ``"cap"``) credits their early deaths to "slow
+antibiotics", an immortal-time bias. ``"category"`` (default) gives "no antibiotic" its own
+indicator (``no_antibiotic``; the delay is then among those treated); ``"landmark"`` keeps only
+episodes alive and in hospital at the cap (12 h after T0), where the delay up to the landmark is
+known for everyone (not given by then = the cap) and deaths after the landmark are the outcome.
 """
 
 from __future__ import annotations
@@ -60,10 +67,24 @@ CAUSAL_CAVEAT = (
 )
 
 
+UNTREATED = ("category", "landmark", "cap")
+
+
 def antibiotic_hours(minutes_to_antibiotic: pd.Series, cap: float = ANTIBIOTIC_HOURS_CAP) -> pd.Series:
-    """Hours from T0 to first antibiotic, clipped to [0, cap]; not given (NaN) = cap."""
+    """Hours from T0 to first antibiotic, clipped to [0, cap]; not given (NaN) = cap (see the
+    module docstring: use it with a landmark or a "no antibiotic" category, not alone)."""
     h = (minutes_to_antibiotic / 60.0).clip(lower=0.0, upper=cap)
     return h.fillna(cap)
+
+
+def landmark_episodes(episodes: pd.DataFrame, hours: float = ANTIBIOTIC_HOURS_CAP) -> pd.DataFrame:
+    """Episodes alive and still in hospital `hours` after T0 (the landmark population)."""
+    missing = [c for c in ("days_t0_to_discharge", "days_t0_to_death") if c not in episodes]
+    if missing:
+        raise ValueError(f"a landmark analysis needs columns {missing} (derive episodes first)")
+    d = hours / 24.0
+    alive = episodes["days_t0_to_death"].isna() | (episodes["days_t0_to_death"] > d)
+    return episodes[alive & (episodes["days_t0_to_discharge"] > d)]
 
 
 def _q(name: str) -> str:
@@ -155,7 +176,8 @@ def _curve(res, hours, reference: float, cap: float, level: float, measure: str)
 
 
 def _prepare(df: pd.DataFrame, outcome: str, processes: Sequence[str], covariates: Sequence[str],
-             cluster: str, adjust_period: bool, secular: bool, cap: float) -> pd.DataFrame:
+             cluster: str, adjust_period: bool, secular: bool, cap: float,
+             untreated: str = "category") -> pd.DataFrame:
     needed = [outcome, cluster, *covariates]
     if adjust_period:
         needed.append("post")
@@ -178,6 +200,10 @@ def _prepare(df: pd.DataFrame, outcome: str, processes: Sequence[str], covariate
     for p in processes:
         if p in ("antibiotic_hours", "antibiotic_spline"):
             w["antibiotic_hours"] = antibiotic_hours(df["minutes_to_antibiotic"], cap)
+            if untreated == "category":  # delay among the treated; "no antibiotic" its own term
+                given = df["minutes_to_antibiotic"].notna()
+                w["antibiotic_hours"] = w["antibiotic_hours"].where(given, 0.0)
+                w["no_antibiotic"] = (~given).astype(float)
         else:
             w[p] = df[p].astype(float)
     if adjust_period:
@@ -209,6 +235,8 @@ def _formula(processes: Sequence[str], covariates: Sequence[str], w: pd.DataFram
             raise ValueError(f"process {p!r} does not vary (all {w[col].iloc[0]!r}); cannot estimate it")
         terms.append(f"cr(antibiotic_hours, df={spline_df}, constraints='center')"
                      if p == "antibiotic_spline" else _q(col))
+        if col == "antibiotic_hours" and "no_antibiotic" in w and w["no_antibiotic"].nunique() > 1:
+            terms.append(_q("no_antibiotic"))
     if adjust_period:
         if w["post"].nunique() < 2:
             raise ValueError("'post' has a single value (a single period); use adjust_period=False")
@@ -234,6 +262,7 @@ def process_associations(
     level: float = 0.95,
     cov_type: Literal["robust", "bias_reduced", "naive"] = "robust",
     site_fixed_effects: bool = False,
+    untreated: Literal["category", "landmark", "cap"] = "category",
 ) -> ProcessAssociations:
     """Case-mix-adjusted associations of key processes with `outcome` (GEE clustered by site).
 
@@ -247,6 +276,9 @@ def process_associations(
     too small when there are few clusters relative to the number of parameters (a note is added
     below 50 clusters). ``site_fixed_effects=True`` adds site indicators, so that associations are
     within-site comparisons (removes confounding by stable between-site differences).
+    ``untreated``: how episodes without an antibiotic enter the delay term (module docstring):
+    ``"category"`` (default; adds a ``no_antibiotic`` row), ``"landmark"`` (alive and in hospital
+    at ``antibiotic_hours_cap`` hours) or ``"cap"`` (the cap; immortal-time bias, for comparison).
     """
     if outcome not in episodes:
         raise ValueError(f"outcome column {outcome!r} is missing (run derive_episodes first)")
@@ -260,16 +292,24 @@ def process_associations(
         raise ValueError("no processes given")
     if mutually_adjusted and {"antibiotic_hours", "antibiotic_spline"} <= set(processes):
         raise ValueError("use either antibiotic_hours or antibiotic_spline in a mutually adjusted model")
+    if untreated not in UNTREATED:
+        raise ValueError(f"untreated must be one of {UNTREATED} (got {untreated!r})")
+    uses_delay = any(p in ("antibiotic_hours", "antibiotic_spline") for p in processes)
+    notes = []
+    if uses_delay and untreated == "landmark":
+        episodes = landmark_episodes(episodes, antibiotic_hours_cap)
+        notes.append(f"landmark analysis: episodes alive and in hospital {antibiotic_hours_cap:g} h "
+                     "after T0")
     df = casemix_frame(episodes)
     covariates = tuple(covariates)
-    w = _prepare(df, outcome, processes, covariates, cluster, adjust_period, secular, antibiotic_hours_cap)
+    w = _prepare(df, outcome, processes, covariates, cluster, adjust_period, secular,
+                 antibiotic_hours_cap, untreated if uses_delay else "cap")
     events = int(w["_y"].sum())
     if events == 0:
         raise ValueError(f"outcome {outcome!r} has no events; associations cannot be estimated")
     n_clusters = w["_cluster"].nunique()
     if n_clusters < 2:
         raise ValueError(f"GEE clustered by {cluster!r} needs at least 2 clusters (got {n_clusters})")
-    notes = []
     if cov_type not in ("robust", "bias_reduced", "naive"):
         raise ValueError(f"cov_type must be 'robust', 'bias_reduced' or 'naive' (got {cov_type!r})")
     if n_clusters < 50 and cov_type == "robust":
@@ -308,6 +348,9 @@ def process_associations(
             else:
                 col = "antibiotic_hours" if p.startswith("antibiotic_") else p
                 rows.append(_row(res, _q(col), p, p, z, mutually_adjusted, link))
+            if p.startswith("antibiotic_") and _q("no_antibiotic") in res.params.index:
+                rows.append(_row(res, _q("no_antibiotic"), "no_antibiotic",
+                                 "no antibiotic (vs given at T0)", z, mutually_adjusted, link))
     table = pd.DataFrame(rows)
     return ProcessAssociations(table, outcome, link, len(w), events, n_clusters, covariates,
                                results, cov_type, notes, level=level,

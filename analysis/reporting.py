@@ -220,8 +220,10 @@ def load_run(
         synthetic collaborative -- ``data/synthetic`` when it exists, otherwise simulated in memory
         with `simulate` keyword arguments (:func:`analysis.simulate.simulate_collaborative`).
     as_of:
-        Data cut-off month (``YYYY-MM``); episodes with T0 after that month are left out (and counted).
-        None: the last month with data.
+        Data cut-off month (``YYYY-MM``); episodes with T0 after that month are left out (and counted),
+        and every outcome is censored at the end of that month: a death, discharge or treatment
+        after it is not seen, and 30-/3-day mortality counts only episodes whose window had ended
+        (:func:`analysis.derive.cut_at`). None: the last month with data, outcomes as recorded.
     run_key:
         Key of the hospital pseudonyms (same key, same "Hospital X" in every report of the run).
     min_cell:
@@ -261,9 +263,15 @@ def load_run(
     cut = pd.Timestamp(as_of).to_period("M").to_timestamp() if as_of is not None else last
     if pd.isna(cut):
         raise ValueError("the data has no episodes and no site-months: nothing to report")
-    late = episodes["month"] > cut
+    if as_of is not None:  # outcomes as seen at the end of the as_of month (analysis.derive.cut_at)
+        from .derive import cut_at
+
+        kept, n_late = cut_at(episodes, cut, settings)
+    else:
+        late = episodes["month"] > cut
+        kept, n_late = episodes.loc[~late].reset_index(drop=True), int(late.sum())
     return RunData(
-        episodes=episodes.loc[~late].reset_index(drop=True),
+        episodes=kept,
         sites=coll.sites.reset_index(drop=True),
         site_months=site_months.loc[site_months["month"] <= cut].reset_index(drop=True),
         quarantine=coll.quarantine,
@@ -271,7 +279,7 @@ def load_run(
         data_hash=coll.data_hash,
         source=source,
         as_of=cut,
-        excluded_after_as_of=int(late.sum()),
+        excluded_after_as_of=n_late,
         run_key=run_key,
         min_cell=int(min_cell),
         pseudonyms=privacy.site_pseudonyms(coll.sites["site_id"], run_key=run_key),

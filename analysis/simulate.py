@@ -802,6 +802,84 @@ def _time_ratios(act: np.ndarray, cf: np.ndarray) -> dict:
     return {"median": _ratio(np.median(a), np.median(c)), "mean": _ratio(a.mean(), c.mean())}
 
 
+#: Per-child process truths (keys added by :func:`_process_truths`).
+_PROCESS_TRUTH_DEFINITIONS = {
+    "screen_positive_rr_12m": "mean model probability of a positive screen over event-month-12 episodes, "
+    "actual / counterfactual (same episodes): ratio of proportions; huddle_rr_12m and order_set_rr_12m alike",
+    "screen_positive_rr_12m_population": "actual world's event-month-12 episodes vs the counterfactual world's "
+    "(base) episodes; huddle and order_set alike",
+    "minutes_to_bolus_ratio_12m_expected": "ratio of the model's median minutes to first bolus (a mixture of "
+    "the episodes' log-normal times and treatments before T0) over event-month-12 episodes given a bolus, "
+    "actual / counterfactual: minutes_to_bolus_ratio_12m without the sampling noise of realised medians; "
+    "_population_expected and the antibiotic keys alike",
+}
+
+
+def _process_truths(params, site, latent, episodes, start, m12, base12) -> dict:
+    """Same-episode (per-child) and population ratios of process probabilities at event month 12,
+    from the model probabilities (recomputed here from the process model; data unchanged)."""
+    names = ("screen_positive", "huddle", "order_set")
+    out: dict[str, float | None] = {}
+    if not m12.any():
+        return {f"{k}_rr_12m{sfx}": None for k in names for sfx in ("", "_population")}
+    t0 = episodes["time_zero"].to_numpy().astype("datetime64[m]").astype(np.int64)
+    start_min = np.datetime64(str(start)[:7], "M").astype("datetime64[m]").astype(np.int64)
+    years = (t0 - start_min) / (MINUTES_PER_DAY * DAYS_PER_YEAR)
+    s = pd.Categorical(episodes["site_id"], categories=site["site_id"]).codes
+    ramp = latent["ramp"].to_numpy()
+    for j, name in enumerate(names):
+        base = logit(params["process_pre_prob"][name]) + site["proc_re"][s, j] + params["process_trend_logit_per_year"] * years
+        pa = expit(base + params["process_post_logit_shift"][name] * ramp)
+        pc = expit(base)
+        out[f"{name}_rr_12m"] = _ratio(pa[m12].sum(), pc[m12].sum())
+        out[f"{name}_rr_12m_population"] = _ratio(pa[m12].mean(), pc[base12].mean()) if base12.any() else None
+    return out
+
+
+def _mixture_median(mu: np.ndarray, sd: float, q_before: float) -> float | None:
+    """Median of a mixture of episodes' times: each before T0 with probability `q_before`
+    (negative: below every time after T0), otherwise log-normal(mu_i, sd). Bisection on log m."""
+    if len(mu) == 0:
+        return None
+    target = (0.5 - q_before) / (1 - q_before)  # share of post-T0 times below the median
+    lo, hi = float(mu.min()) - 10 * sd, float(mu.max()) + 10 * sd
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if norm.cdf((mid - mu) / sd).mean() < target:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp((lo + hi) / 2))
+
+
+def _time_truths(params, site, latent, episodes, start, m12, base12) -> dict:
+    """Model-based (expected) ratios of median minutes to treatment at event month 12, without
+    the sampling noise of one month's realised medians: ``*_12m_expected`` (same episodes) and
+    ``*_12m_population_expected`` (actual month-12 episodes vs counterfactual base episodes)."""
+    out: dict[str, float | None] = {}
+    t0 = episodes["time_zero"].to_numpy().astype("datetime64[m]").astype(np.int64)
+    start_min = np.datetime64(str(start)[:7], "M").astype("datetime64[m]").astype(np.int64)
+    years = (t0 - start_min) / (MINUTES_PER_DAY * DAYS_PER_YEAR)
+    s = pd.Categorical(episodes["site_id"], categories=site["site_id"]).codes
+    crit = episodes["critical_sepsis"].to_numpy(dtype=bool)
+    ramp = latent["ramp"].to_numpy()
+    for j, (name, med_key, ratio_key) in enumerate((
+            ("bolus", "bolus_median_min", "bolus_time_post_ratio"),
+            ("antibiotic", "antibiotic_median_min", "antibiotic_time_post_ratio"))):
+        key = f"minutes_to_{name}_ratio_12m"
+        given = latent[f"minutes_to_{name}_actual"].notna().to_numpy()
+        mu_cf = (np.log(params[med_key]) + site["time_re"][s, j] + params["time_critical_log_shift"] * crit
+                 + np.log1p(params["time_trend_per_year"]) * years)
+        mu_act = mu_cf + np.log(params[ratio_key]) * ramp
+        args = (params["time_log_sd"], params["treatment_before_t0_prob"])
+        a = _mixture_median(mu_act[m12 & given], *args)
+        c = _mixture_median(mu_cf[m12 & given], *args)
+        c_pop = _mixture_median(mu_cf[base12 & given], *args)
+        out[f"{key}_expected"] = _ratio(a, c) if a is not None and c is not None else None
+        out[f"{key}_population_expected"] = _ratio(a, c_pop) if a is not None and c_pop is not None else None
+    return out
+
+
 def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_expansion, params,
            overrides, site, latent, latent_sm, episodes) -> dict:
     L = latent
@@ -882,6 +960,9 @@ def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_exp
         },
     }
 
+    estimands.update(_process_truths(params, site, L, episodes, start, m12, base12))
+    estimands.update(_time_truths(params, site, L, episodes, start, m12, base12))
+    estimands["definitions"].update(_PROCESS_TRUTH_DEFINITIONS)
     estimands["not_estimable"] = {k: _why_not(k) for k, v in estimands.items() if v is None}
 
     # per-site truth

@@ -155,6 +155,7 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, covariates: Sequence[st
     strata_l = [strata] if isinstance(strata, str) else (list(strata) if strata else None)
     cols = [duration, event, *covariates, *(strata_l or []), *([cluster] if cluster else []),
             *([weights] if weights else [])]
+    cols = list(dict.fromkeys(cols))  # a column may be both stratum and cluster
     _require_columns(df, cols)
     if not covariates:
         raise ValueError("at least one covariate is needed")
@@ -194,8 +195,12 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, covariates: Sequence[st
     notes: list[str] = []
     if cluster:
         cr = CoxPHFitter(alpha=alpha)
-        cr.fit(data, duration_col=duration, event_col=event, strata=strata_l, weights_col=weights,
-               cluster_col=cluster, robust=True)
+        cdata, ccol = data, cluster
+        if cluster in (strata_l or []):  # lifelines consumes the cluster column: give it a copy
+            ccol = "_cluster"
+            cdata = data.assign(**{ccol: data[cluster]})
+        cr.fit(cdata, duration_col=duration, event_col=event, strata=strata_l, weights_col=weights,
+               cluster_col=ccol, robust=True)
         robust = cr.standard_errors_.loc[covariates].to_numpy()
     ph = None
     if ph_test and not weights:
@@ -404,12 +409,17 @@ def mortality_times(episodes: pd.DataFrame, *, follow_up: FollowUp = "ipso",
                     horizon: float = 30.0, event_col: str = "sam30") -> pd.DataFrame:
     """Add ``time`` (days from T0, <= horizon) and ``event`` (1 = sepsis-attributable death within
     the horizon) per the documented follow-up rule. Needs days_t0_to_death, days_t0_to_discharge
-    and `event_col` (derived columns)."""
+    and `event_col` (derived columns). With a data cut-off (``followup_days``, see
+    :func:`analysis.derive.derive_episodes`), follow-up ends there: an episode whose window was
+    still open is censored at the cut-off, and an in-hospital death seen before it is an event."""
     _require_columns(episodes, ["days_t0_to_death", "days_t0_to_discharge", event_col])
     if follow_up not in ("ipso", "censor_at_discharge"):
         raise ValueError(f"follow_up must be 'ipso' or 'censor_at_discharge', got {follow_up!r}")
     df = episodes.copy()
     died = df[event_col].astype(bool) & (df["days_t0_to_death"] <= horizon)
+    done = f"{event_col}_complete"
+    if done in df and "died_in_hospital" in df:  # window open at the cut-off: deaths seen count
+        died |= ~df[done].astype(bool) & df["died_in_hospital"] & (df["days_t0_to_death"] <= horizon)
     if (df.loc[died, "days_t0_to_death"] < 0).any():
         raise ValueError("days_t0_to_death has negative values (death before T0)")
     if follow_up == "ipso":
@@ -418,6 +428,8 @@ def mortality_times(episodes: pd.DataFrame, *, follow_up: FollowUp = "ipso",
         if (df["days_t0_to_discharge"] < 0).any():
             raise ValueError("days_t0_to_discharge has negative values (discharge before T0)")
         other = df["days_t0_to_discharge"].clip(upper=horizon)
+    if "followup_days" in df:  # data cut-off: still followed at the cut-off = censored there
+        other = np.minimum(other.fillna(np.inf), df["followup_days"].clip(lower=0.0))
     df["time"] = np.where(died, df["days_t0_to_death"], other).astype(float)
     df["event"] = died.astype(int)
     return df
@@ -429,8 +441,9 @@ class KMResult:
 
     ``curves``: unit, period, time (days), survival, ci_lower, ci_upper.
     ``at_risk``: unit, period, time, at_risk.
-    ``comparison``: per unit: survival at horizon by period, log-rank chi2/p, RMST (days, to
-    horizon) by period and post - pre difference with CI; ``status`` says why a row is missing.
+    ``comparison``: per unit: survival at horizon by period, RMST (days, to horizon) by period
+    and the post - pre difference (descriptive; log-rank chi2/p and the difference's CI only with
+    ``inference="independent"``); ``status`` says why a row is missing.
     """
 
     curves: pd.DataFrame
@@ -506,10 +519,18 @@ def rmst(km: pd.DataFrame, tau: float) -> tuple[float, float]:
 
 def km_by_period(episodes: pd.DataFrame, *, by: str | None = "site_id", horizon: float = 30.0,
                  follow_up: FollowUp = "ipso", at_risk_times: Sequence[float] = (0, 3, 7, 14, 21, 30),
-                 alpha: float = 0.05) -> KMResult:
+                 alpha: float = 0.05, inference: Literal["none", "independent"] = "none") -> KMResult:
     """Kaplan-Meier 30-day survival from T0 by period (``post``), for the collaborative and each
-    unit of `by` (None = collaborative only). Log-rank test and RMST difference (post - pre, days,
-    normal CI from the two independent RMST SEs)."""
+    unit of `by` (None = collaborative only), with the RMST difference (post - pre, days).
+
+    The comparison is descriptive by default (``inference="none"``): no log-rank p-value and no
+    interval for the RMST difference, because episodes of one hospital are not independent and
+    a before/after contrast mixes the collaborative's effect with trends and case mix (the plan's
+    primary estimates are in :mod:`analysis.results`). ``inference="independent"`` adds the
+    log-rank test and a normal CI from the two RMST SEs, which treat every episode as
+    independent (defensible for one hospital at most, never for the collaborative)."""
+    if inference not in ("none", "independent"):
+        raise ValueError(f"inference must be 'none' or 'independent', got {inference!r}")
     from lifelines.statistics import logrank_test
 
     _require_columns(episodes, ["post"] + ([by] if by else []))
@@ -549,15 +570,17 @@ def km_by_period(episodes: pd.DataFrame, *, by: str | None = "site_id", horizon:
             row["status"] = "single period: no comparison"
         elif g["event"].sum() == 0:
             row["status"] = "no deaths: log-rank not defined"
-        else:
+        elif inference == "independent":
             pre, post = g[g["period"] == "pre"], g[g["period"] == "post"]
             lr = logrank_test(pre["time"], post["time"], pre["event"], post["event"])
             row["logrank_chi2"], row["logrank_p"] = float(lr.test_statistic), float(lr.p_value)
         if len(have) == 2:
             diff = row["rmst_post"] - row["rmst_pre"]
-            se = float(np.hypot(row["rmst_se_post"], row["rmst_se_pre"]))
-            row.update(rmst_diff=diff, rmst_diff_se=se, rmst_diff_lower=diff - q * se,
-                       rmst_diff_upper=diff + q * se)
+            row["rmst_diff"] = diff
+            if inference == "independent":
+                se = float(np.hypot(row["rmst_se_post"], row["rmst_se_pre"]))
+                row.update(rmst_diff_se=se, rmst_diff_lower=diff - q * se,
+                           rmst_diff_upper=diff + q * se)
         comp.append(row)
     return KMResult(pd.concat(curves, ignore_index=True), pd.concat(risk_rows, ignore_index=True),
                     pd.DataFrame(comp), horizon, follow_up)
@@ -585,24 +608,52 @@ def mortality_design(episodes: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return X, list(X.columns)
 
 
-def fit_mortality_cox(episodes: pd.DataFrame, *, adjust: Literal["strata", "cluster"] = "strata",
+def fit_mortality_cox(episodes: pd.DataFrame, *,
+                      adjust: Literal["strata", "cluster", "strata_cluster"] = "strata",
                       follow_up: FollowUp = "ipso", horizon: float = 30.0, ties: Ties = "efron",
-                      alpha: float = 0.05) -> CoxResult:
-    """Cox model for 30-day sepsis-attributable death: post-go-live indicator plus case-mix,
-    stratified by site (``adjust="strata"``) or with site-clustered robust SEs (``"cluster"``)."""
-    if adjust not in ("strata", "cluster"):
-        raise ValueError(f"adjust must be 'strata' or 'cluster', got {adjust!r}")
+                      alpha: float = 0.05, calendar: Literal["linear", "none"] = "linear",
+                      event_col: str = "sam30", transition: int = 0) -> CoxResult:
+    """Cox model for sepsis-attributable death within `horizon` days (`event_col`): post-go-live
+    indicator plus case mix, stratified by site (``adjust="strata"``), with site-clustered
+    robust SEs (``"cluster"``) or both (``"strata_cluster"``, as R ``coxph(... + strata(site) +
+    cluster(site))``).
+
+    ``calendar="linear"`` (default) adds calendar time (``years`` since the first T0 month) so
+    that the ``post`` hazard ratio does not absorb the secular trend: with staggered go-lives,
+    ``post`` is then compared within calendar time. ``"none"`` is the unadjusted model (the
+    ``post`` HR then mixes the collaborative's effect with the trend: -5% bias on the simulator).
+    ``transition``: months from go-live (phase-in) left out. With calendar time in the model,
+    an effect that is still growing in the phase-in months biases the ``post`` HR toward no
+    effect (hospitals already in their phase-in act as controls for later ones), so the plan
+    leaves the phase-in out (``transition=6``), as its segmented regressions do.
+    """
+    if adjust not in ("strata", "cluster", "strata_cluster"):
+        raise ValueError(f"adjust must be 'strata', 'cluster' or 'strata_cluster', got {adjust!r}")
+    if calendar not in ("linear", "none"):
+        raise ValueError(f"calendar must be 'linear' or 'none', got {calendar!r}")
     _require_columns(episodes, ["site_id"])
-    df = mortality_times(episodes, follow_up=follow_up, horizon=horizon)
+    if int(transition) != transition or transition < 0:
+        raise ValueError(f"transition must be a non-negative integer, got {transition!r}")
+    if transition:
+        _require_columns(episodes, ["months_since_go_live"])
+        m = episodes["months_since_go_live"]
+        episodes = episodes[~((m >= 0) & (m < transition))]
+    df = mortality_times(episodes, follow_up=follow_up, horizon=horizon, event_col=event_col)
     if df["post"].nunique() < 2:
         raise ValueError("post-go-live indicator has a single level: both periods are needed")
     X, cols = mortality_design(df)
+    if calendar == "linear":
+        _require_columns(df, ["time_zero"])
+        month = df["time_zero"].dt.to_period("M").dt.to_timestamp()
+        X["years"] = (month - month.min()).dt.days / 365.25
+        cols.append("years")
     dropped = [c for c in cols if X[c].nunique() < 2 and c != "post"]
     cols = [c for c in cols if c not in dropped]
     data = pd.concat([df[["time", "event", "site_id"]], X[cols]], axis=1)
-    res = fit_cox(data, "time", "event", cols, strata="site_id" if adjust == "strata" else None,
-                  cluster="site_id" if adjust == "cluster" else None, ties=ties, alpha=alpha)
-    res.method = f"Cox 30-day SAM ({adjust} by site)"
+    res = fit_cox(data, "time", "event", cols, strata="site_id" if "strata" in adjust else None,
+                  cluster="site_id" if "cluster" in adjust else None, ties=ties, alpha=alpha)
+    cal = ", calendar time" if calendar == "linear" else ""
+    res.method = f"Cox {horizon:g}-day SAM ({adjust.replace('_', ' + ')} by site{cal})"
     if dropped:
         res.notes.append(f"constant covariate(s) dropped: {', '.join(dropped)}")
     return res

@@ -1,5 +1,5 @@
 """Run every benchmark script in turn (``make bench``). Each one records its section in RESULTS.md
-(the ITS truth study prints its table; copy it into RESULTS.md when it changes).
+(the ITS and plan truth studies print their tables; copy them into RESULTS.md when they change).
 
 These are slow statistical studies and timing comparisons, deliberately kept out of the test suite.
 """
@@ -16,6 +16,12 @@ SCRIPTS = [
     ["bench_render.py"],
     ["bench_its_truth.py", "--replicates", "500", "--jobs", "2"],
     ["bench_its_truth.py", "--replicates", "100", "--jobs", "2", "--scenario", "null"],
+    # results append to (and resume from) CSVs under benchmarks/_work/
+    ["bench_plan_truth.py", "--replicates", "200", "--jobs", "2", "--out", "benchmarks/_work/plan_default.csv"],
+    ["bench_plan_truth.py", "--replicates", "100", "--jobs", "2", "--scenario", "null", "--seed0", "6000",
+     "--out", "benchmarks/_work/plan_null.csv"],
+    ["bench_plan_truth.py", "--replicates", "20", "--jobs", "2", "--level", "site",
+     "--out", "benchmarks/_work/plan_site.csv"],
 ]
 
 

@@ -66,8 +66,10 @@ def test_true_process_rrs_recovered_within_ci(full):
     for proc, key in TRUE_KEYS.items():
         true = sim.truth["mortality"]["process_rr"][key]
         assert t.loc[proc, "lower"] < true < t.loc[proc, "upper"], (proc, t.loc[proc].to_dict(), true)
-    # the antibiotic delay association is clearly harmful per hour (true RR 1.04 per hour)
-    assert t.loc["antibiotic_hours", "lower"] > 1.0
+    # "no antibiotic" is its own category (no immortal time): the simulator gives untreated
+    # children the risk of a 12-hour delay, RR 1.04 ** 12 = 1.60 against treatment at T0
+    na = t.loc["no_antibiotic"]
+    assert na["lower"] < 1.04**12 < na["upper"] and na["lower"] > 1.0
     assert "not causal" in a.caveat
 
 
@@ -75,7 +77,7 @@ def test_logit_and_separate_models_and_plot(small):
     _, ep = small
     procs = ("screen_positive", "abx_60", "abx_180", "antibiotic_hours")
     a = pr.process_associations(ep, "sam3", processes=procs, mutually_adjusted=False)
-    assert list(a.table["process"]) == list(procs)
+    assert list(a.table["process"]) == [*procs, "no_antibiotic"]  # untreated: own category
     assert (a.table["model"] == "separate").all() and (a.table["measure"] == "OR").all()
     assert len(a.results) == 4
     assert any("clusters" in n for n in a.notes)  # 20 clusters: warn about robust SEs
@@ -152,3 +154,47 @@ def test_bad_arguments_raise(tiny):
         pr.process_associations(tiny.drop(columns="minutes_to_antibiotic"), "sam30")
     with pytest.raises(ValueError, match="single level"):
         pr.process_associations(tiny.assign(critical_sepsis=True), "sam30")
+
+
+@pytest.mark.parametrize("untreated", ["category", "landmark", "cap"])
+def test_untreated_codings_recover_the_simulator(small, untreated):
+    # On the simulator's own death probabilities each coding returns the true 1.04 per hour: the
+    # simulator gives untreated children the 12-hour risk, so even "cap" is right here; on real
+    # data "cap" credits deaths before any antibiotic could be given to slow antibiotics
+    # (immortal time), which "category" and "landmark" avoid.
+    sim, ep = small
+    ep = ep.assign(p_true=sim.latent["p_sam30_actual"].to_numpy())
+    a = pr.process_associations(ep, "p_true", link="log", cov_type="naive", untreated=untreated)
+    t = a.table.set_index("process")
+    assert abs(np.log(t.loc["antibiotic_hours", "estimate"]) - np.log(1.04)) < 0.002
+    assert ("no_antibiotic" in t.index) == (untreated == "category")
+    if untreated == "category":
+        assert abs(np.log(t.loc["no_antibiotic", "estimate"]) - 12 * np.log(1.04)) < 0.02
+    if untreated == "landmark":
+        assert a.n < len(ep) and any("landmark" in n for n in a.notes)
+
+
+def test_immortal_time_bias_is_removed():
+    # Children who die before an antibiotic could be given are "untreated". Coded as the longest
+    # delay, their deaths make delay look harmful even when it is not; "no antibiotic" as its own
+    # category (or a landmark) leaves the per-hour association at its true value of 1.
+    rng = np.random.default_rng(3)
+    n = 40_000
+    minutes = rng.lognormal(np.log(90), 0.9, n)
+    early_death = rng.random(n) < 0.02  # dies within the first hour, before any antibiotic
+    died = early_death | (rng.random(n) < 0.03)  # otherwise risk independent of the delay
+    df = pd.DataFrame({
+        "site_id": rng.integers(0, 40, n).astype(str), "sam30": died,
+        "minutes_to_antibiotic": np.where(early_death, np.nan, minutes),
+        "days_t0_to_death": np.where(early_death, 0.02, np.where(died, 5.0, np.nan)),
+        "days_t0_to_discharge": np.where(early_death, 0.02, 6.0),
+        "x": rng.random(n) < 0.5,
+    })
+    kw = {"processes": ("antibiotic_hours",), "covariates": ("x",), "link": "log",
+          "adjust_period": False, "secular": False}
+    cap = pr.process_associations(df, "sam30", untreated="cap", **kw).table.set_index("process")
+    cat = pr.process_associations(df, "sam30", untreated="category", **kw).table.set_index("process")
+    lm = pr.process_associations(df, "sam30", untreated="landmark", **kw).table.set_index("process")
+    assert cap.loc["antibiotic_hours", "lower"] > 1.05  # spurious harm per hour
+    for t in (cat, lm):
+        assert t.loc["antibiotic_hours", "lower"] < 1.0 < t.loc["antibiotic_hours", "upper"]

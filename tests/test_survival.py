@@ -161,6 +161,9 @@ def _episodes(n=400, seed=1):
         "onset_setting": rng.choice(["ED", "ward", "ICU"], n),
         "hospital_onset": rng.random(n) < 0.3,
         "critical_sepsis": rng.random(n) < 0.4,
+        # drawn last so the columns above keep their values: post episodes are later in time
+        "time_zero": pd.Timestamp("2018-01-01") + pd.to_timedelta(
+            np.where(post, rng.integers(365, 730, n), rng.integers(0, 365, n)), unit="D"),
     })
 
 
@@ -197,15 +200,24 @@ def test_km_by_period_and_cox_on_small_frame():
     assert list(comp.index) == ["collaborative", "A", "B", "C"]
     coll = comp.loc["collaborative"]
     assert coll["survival_post"] > coll["survival_pre"]
-    assert coll["rmst_diff"] > 0 and coll["rmst_diff_lower"] < coll["rmst_diff"] < coll["rmst_diff_upper"]
-    assert 0 <= coll["logrank_p"] <= 1
+    # descriptive by default: no p-value, no interval (episodes are not independent)
+    assert coll["rmst_diff"] > 0
+    assert not {"logrank_p", "rmst_diff_lower", "rmst_diff_upper"} & set(comp.columns)
+    naive = km_by_period(ep, inference="independent").summary().set_index("unit").loc["collaborative"]
+    assert naive["rmst_diff_lower"] < naive["rmst_diff"] < naive["rmst_diff_upper"]
+    assert 0 <= naive["logrank_p"] <= 1
+    with pytest.raises(ValueError, match="inference"):
+        km_by_period(ep, inference="robust")
     ar = res.at_risk[(res.at_risk["unit"] == "collaborative") & (res.at_risk["period"] == "pre")]
     assert ar["at_risk"].iloc[0] == (~ep["post"]).sum()
     assert res.plot() is not None
-    for adjust in ("strata", "cluster"):
+    for adjust in ("strata", "cluster", "strata_cluster"):
         cox = fit_mortality_cox(ep, adjust=adjust)
-        assert "post" in cox.table.index and cox.ph_test is not None
+        assert {"post", "years"} <= set(cox.table.index) and cox.ph_test is not None
         assert cox.plot() is not None
+    both = fit_mortality_cox(ep, adjust="strata_cluster").table
+    assert np.isfinite(both.loc["post", "robust_se"])
+    assert "years" not in fit_mortality_cox(ep, calendar="none").table.index
     # determinism under row permutation (tied integer days)
     a = km_by_period(ep, by=None).comparison
     b = km_by_period(ep.sample(frac=1, random_state=9), by=None).comparison
@@ -224,16 +236,36 @@ def test_period_comparisons_need_two_periods():
 
 @pytest.mark.slow
 def test_mortality_cox_recovers_simulated_effect():
-    """Direct + process effect of IPSO on 30-day SAM in the simulator (truth: sam30_rr_post, a
-    risk ratio; with ~3% mortality the hazard ratio is close to it). Case-mix-adjusted, site-
-    stratified Cox HR must be < 1 and its 95% CI must cover the truth."""
+    """Direct + process effect of IPSO on 30-day SAM in the simulator (truth: sam30_rr_12m, a
+    risk ratio after the 6-month ramp; with ~3% mortality the hazard ratio is close to it).
+    Case-mix- and calendar-adjusted, site-stratified Cox HR after the phase-in must be < 1 and
+    its 95% CI must cover the truth."""
     from analysis.derive import attach_sites, derive_episodes
     from analysis.simulate import simulate_collaborative
 
     sim = simulate_collaborative(seed=7, sites=30, months=60)
     ep = attach_sites(derive_episodes(sim.episodes), sim.sites)
-    truth = sim.truth["estimands"]["sam30_rr_post"]
-    res = fit_mortality_cox(ep, adjust="strata")
+    truth = sim.truth["estimands"]["sam30_rr_12m"]
+    res = fit_mortality_cox(ep, adjust="strata", transition=6)
     hr, lo, hi = res.hazard_ratio("post")
     assert hr < 1
     assert lo <= truth <= hi
+
+
+@pytest.mark.slow
+def test_cox_post_hr_adjusted_for_calendar_time_has_no_trend_bias():
+    """No effect of the collaborative, but mortality falls 15% a year: the post-go-live HR of a
+    model without calendar time credits the trend to the collaborative; with calendar time
+    (default) its CI covers 1 (issue 11: the unadjusted HR had -5% bias and 77% coverage)."""
+    from analysis.derive import attach_sites, derive_episodes
+    from analysis.simulate import simulate_collaborative
+
+    null = {"post_direct_rr": 1.0, "secular_trend_rr_per_year": 0.85, "recognition_expansion": 0.0,
+            "process_post_logit_shift": {"screen_positive": 0.0, "huddle": 0.0, "order_set": 0.0},
+            "bolus_time_post_ratio": 1.0, "antibiotic_time_post_ratio": 1.0}
+    sim = simulate_collaborative(seed=8, sites=30, months=60, true_effects=null)
+    ep = attach_sites(derive_episodes(sim.episodes), sim.sites)
+    naive = fit_mortality_cox(ep, adjust="strata", calendar="none").hazard_ratio("post")
+    adjusted = fit_mortality_cox(ep, adjust="strata_cluster").hazard_ratio("post")
+    assert naive[2] < 1.0  # spurious benefit from the trend
+    assert adjusted[1] < 1.0 < adjusted[2]
