@@ -38,7 +38,6 @@ from .survival import (
     fit_cox,
 )
 
-
 #: How to code causes (in every error message about the event column).
 CAUSE_CODING = ("code the column as integers: 0 = censored (still at risk when follow-up ended), "
                 "1 = the cause of interest, 2, 3, ... = competing causes (e.g. for length of stay: "

@@ -367,7 +367,14 @@ def test_gray_test_refuses_missing_groups_and_strata(stays, column):
 
 def test_survival_functions_refuse_inputs_they_would_misread(stays):
     """survival.py: the same trap elsewhere. Each of these used to run and give a wrong answer."""
-    from analysis.survival import cox_zph, fit_cox, kaplan_meier, km_by_period, mortality_times, rmst
+    from analysis.survival import (
+        cox_zph,
+        fit_cox,
+        kaplan_meier,
+        km_by_period,
+        mortality_times,
+        rmst,
+    )
 
     t, e = stays["los_time"].to_numpy(), stays["los_event"].to_numpy()
     with pytest.raises(ValueError, match="1 \\(event\\) or 0 \\(censored\\)"):
