@@ -187,11 +187,35 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if dupes:
             what = "an empty column name" if dupes[0] == "" else "column"
             raise DataContractError(path.name, dupes[0], f"{what} appears more than once in the header")
+        if path.suffix == ".parquet":
+            tab = _contract_columns_as_values(tab, path)
         return tab.to_pandas(types_mapper=_pandas_type)
     except DataContractError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataContractError(path.name, None, _explain_unreadable(path, exc)) from exc
+
+
+def _contract_columns_as_values(tab: pa.Table, path: Path) -> pa.Table:
+    """Parquet contract columns hold single values: binary text (a BYTE_ARRAY column without the
+    UTF-8 annotation) is decoded as UTF-8; nested types (lists, structs, maps) are fatal."""
+    fields = {f.name for f in contract.TABLES.get(path.stem, ())}
+    for i, fld in enumerate(tab.schema):
+        if fld.name not in fields:
+            continue
+        t = fld.type.value_type if pa.types.is_dictionary(fld.type) else fld.type
+        if pa.types.is_nested(t):
+            raise DataContractError(path.name, fld.name, f"holds {t} values (lists or records), not "
+                                    "single values: wrong column type")
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+            col = tab.column(i)
+            try:
+                text = (col.cast(t) if t is not fld.type else col).cast(pa.string())
+            except pa.ArrowInvalid:
+                raise DataContractError(path.name, fld.name, "holds binary data that is not UTF-8 "
+                                        "text: write it as a string column") from None
+            tab = tab.set_column(i, fld.name, text)
+    return tab
 
 
 def _pandas_type(t: pa.DataType):
@@ -228,7 +252,10 @@ def _all_strings(path: Path) -> dict[str, pa.DataType]:
     import csv
 
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
-        header = next(csv.reader(fh), [])
+        try:
+            header = next(csv.reader(fh), [])
+        except csv.Error:  # Arrow reads the header itself (names checked after the read)
+            header = []
     return {name: pa.string() for name in header}
 
 
@@ -268,14 +295,17 @@ def _sniff_csv(path: Path) -> None:
             raise DataContractError(path.name, None, f"file is UTF-16 encoded (no byte-order mark): {_SAVE_UTF8}")
         raise DataContractError(path.name, None, "file holds binary data (NUL bytes), not CSV text")
     body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-    first = body.split(b"\n", 1)[0]
+    first = re.split(rb"\r\n|\r|\n", body, maxsplit=1)[0]
     if not first.strip():
         raise DataContractError(path.name, None, "the first line is blank: the header row must be the first line")
     try:
         text = first.decode("utf-8")
     except UnicodeDecodeError:
         raise DataContractError(path.name, None, _not_utf8(path)) from None
-    header = next(csv.reader([text.rstrip("\r")]), [])
+    try:
+        header = next(csv.reader([text]), [])
+    except csv.Error:
+        return  # the reader says what is wrong
     if len(header) == 1:
         for delim in (";", "\t", "|"):
             if delim in header[0]:
@@ -331,6 +361,8 @@ def _explain_unreadable(path: Path, exc: BaseException) -> str:
         where = _csv_problem(path)
         if where:
             return where
+    if path.suffix == ".parquet":
+        return f"unreadable: damaged Parquet file ({text})"
     return f"unreadable: {text}"
 
 
@@ -538,7 +570,7 @@ def _fatal_column(t: _Table, f: Field, failed: np.ndarray, issues: list[_Issue])
     raise DataContractError(
         t.file, f.name,
         f"no value can be read as {_KIND_WORDS.get(f.kind, f.kind)}{allowed} (row {i + 1}: {why}); "
-        "wrong column type or coding, or a shifted column?")
+        "wrong column type or coding (a shifted column?)")
 
 
 def _beyond_exact(strings: pd.Series, values: np.ndarray) -> np.ndarray:

@@ -595,3 +595,40 @@ def test_unreadable_parquet_says_what_is_wrong(tmp_path, case, words):
     assert err.value.file == "site_months.parquet"
     for w in words:
         assert w in err.value.message, err.value.message
+
+
+def test_parquet_binary_text_is_decoded_and_nested_values_are_fatal(tmp_path):
+    """A Parquet text column without the UTF-8 annotation (binary) used to be stored as "b'E0001'";
+    a column of lists was read as the text '[1]'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = extract(tmp_path)
+    (d / "episodes.csv").unlink()
+    ep = raw("episodes")
+    tab = pa.Table.from_pandas(ep, preserve_index=False)
+    ids = pa.array([v.encode() for v in ep["episode_id"]], pa.binary())
+    pq.write_table(tab.set_column(0, "episode_id", ids), d / "episodes.parquet")
+    r = validate_collaborative(d)
+    assert r.quarantine.empty and r.episodes["episode_id"].tolist() == ep["episode_id"].tolist()
+    assert r.data_hash == validate_collaborative(GOOD).data_hash
+    bad = pa.array([b"E\xff"] * len(ep), pa.binary())
+    pq.write_table(tab.set_column(0, "episode_id", bad), d / "episodes.parquet")
+    with pytest.raises(DataContractError, match="binary data that is not UTF-8") as err:
+        validate_collaborative(d)
+    assert err.value.column == "episode_id"
+    nested = pa.array([[1]] * len(ep), pa.list_(pa.int64()))
+    pq.write_table(tab.set_column(2, "site_id", nested), d / "episodes.parquet")
+    with pytest.raises(DataContractError, match="not single values") as err:
+        validate_collaborative(d)
+    assert err.value.column == "site_id"
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n"])
+def test_old_mac_and_windows_line_endings(tmp_path, newline):
+    d = extract(tmp_path)
+    for t in N_GOOD:
+        text = (GOOD / f"{t}.csv").read_text(encoding="utf-8")
+        (d / f"{t}.csv").write_bytes(text.replace("\n", newline).encode())
+    r = validate_collaborative(d)
+    assert r.quarantine.empty and r.data_hash == validate_collaborative(GOOD).data_hash
