@@ -290,6 +290,10 @@ def _sniff_csv(path: Path) -> None:
         if head.startswith(magic):
             raise DataContractError(path.name, None, f"file is {what}: {todo}")
     if b"\x00" in head:
+        quarter = max(len(head) // 4, 1)
+        if sum(head[k::4].count(0) for k in (1, 2, 3)) > 0.9 * 3 * quarter or \
+                sum(head[k::4].count(0) for k in (0, 1, 2)) > 0.9 * 3 * quarter:
+            raise DataContractError(path.name, None, f"file is UTF-32 encoded (no byte-order mark): {_SAVE_UTF8}")
         even, odd = head[0::2].count(0), head[1::2].count(0)
         if max(even, odd) > 0.3 * len(head) / 2 and min(even, odd) < 0.05 * len(head) / 2:
             raise DataContractError(path.name, None, f"file is UTF-16 encoded (no byte-order mark): {_SAVE_UTF8}")

@@ -545,6 +545,7 @@ UNREADABLE = {
     "utf16_bom": (SITES_TEXT.encode("utf-16"), ["UTF-16 encoded", "save it as UTF-8"]),
     "utf16_no_bom": (SITES_TEXT.encode("utf-16-le"), ["UTF-16 encoded", "save it as UTF-8"]),
     "utf32": (SITES_TEXT.encode("utf-32"), ["UTF-32 encoded"]),
+    "utf32_no_bom": (SITES_TEXT.encode("utf-32-be"), ["UTF-32 encoded", "save it as UTF-8"]),
     "latin1": (SITES_TEXT.replace("Prairie", "Pr\u00e9rie").encode("latin-1"),
                ["not UTF-8", "line 3", "0xE9", "Windows-1252", "save it as UTF-8"]),
     "semicolon": (SITES_TEXT.replace(",", ";"), ["delimiter looks like ';'", "comma"]),
