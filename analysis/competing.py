@@ -30,6 +30,7 @@ from .survival import (
     CoxResult,
     _check_covariates,
     _check_durations,
+    _check_flag,
     _cox_engine,
     _finish_table,
     _period_labels,
@@ -37,15 +38,48 @@ from .survival import (
     fit_cox,
 )
 
+#: How to code causes (in every error message about the event column).
+CAUSE_CODING = ("code the column as integers: 0 = censored (still at risk when follow-up ended), "
+                "1 = the cause of interest, 2, 3, ... = competing causes (e.g. for length of stay: "
+                "1 = discharged alive, 2 = died in hospital, as analysis.competing.los_events does), "
+                "and pass the cause's code as event_of_interest")
+
+
+def _is_flag(values: pd.Series) -> bool:
+    """True for a yes/no column: bool dtype, or Python/numpy booleans (with or without missing)."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return True
+    if values.dtype == object:
+        present = values.dropna()
+        return len(present) > 0 and all(isinstance(v, (bool, np.bool_)) for v in present)
+    return False
+
 
 def _check_cr(df: pd.DataFrame, duration: str, event: str, event_of_interest: int) -> None:
+    """Competing-risks input: non-negative durations and integer cause codes (never a yes/no flag:
+    a flag makes every competing event look like censoring, which overstates the incidence)."""
     _require_columns(df, [duration, event])
     if len(df) == 0:
         raise ValueError("empty data")
     _check_durations(df, duration)
+    try:
+        code_ok = (isinstance(event_of_interest, (int, float, np.integer, np.floating))
+                   and not isinstance(event_of_interest, (bool, np.bool_))
+                   and float(event_of_interest) == int(event_of_interest) and int(event_of_interest) >= 1)
+    except (TypeError, ValueError, OverflowError):
+        code_ok = False
+    if not code_ok:
+        raise ValueError(f"event_of_interest must be a positive integer cause code (0 means censored), "
+                         f"got {event_of_interest!r}")
+    if _is_flag(df[event]):
+        raise ValueError(
+            f"column {event!r} is a yes/no flag, but competing risks need coded causes: with a flag, "
+            "every 'no' is taken as censored, so a competing event (such as discharge alive when the "
+            "cause of interest is death) would wrongly leave the patient at risk and overstate the "
+            f"cumulative incidence. {CAUSE_CODING[0].upper()}{CAUSE_CODING[1:]}.")
     e = pd.to_numeric(df[event], errors="coerce")
     if e.isna().any() or (e < 0).any() or (e != np.round(e)).any():
-        raise ValueError(f"column {event!r} must hold integer codes >= 0 (0 = censored)")
+        raise ValueError(f"column {event!r} must hold integer codes >= 0 on every row: {CAUSE_CODING}")
     if (e == event_of_interest).sum() == 0:
         raise ValueError(f"no events of interest ({event!r} == {event_of_interest}): nothing to estimate")
 
@@ -241,6 +275,10 @@ def gray_test(df: pd.DataFrame, duration: str, event: str, group: str, event_of_
     levels of `group` (statistic ~ chi-square with K-1 df), as ``cmprsk::cuminc(..., rho=0)``."""
     _check_cr(df, duration, event, event_of_interest)
     _require_columns(df, [group] + ([strata] if strata else []))
+    for col in [group] + ([strata] if strata else []):
+        if df[col].isna().any():
+            raise ValueError(f"column {col!r} has {int(df[col].isna().sum())} missing value(s); "
+                             "every row needs a group (and stratum)")
     levels = sorted(df[group].dropna().unique().tolist())
     if len(levels) < 2:
         raise ValueError(f"group column {group!r} has a single level ({levels}); nothing to compare")
@@ -359,6 +397,7 @@ def los_events(episodes: pd.DataFrame, *, time_col: str = "days_t0_to_discharge"
     """Add ``los_time`` (days from T0 to leaving hospital) and ``los_event`` (1 = discharged alive,
     2 = died in hospital; death is a competing event, never censoring)."""
     _require_columns(episodes, [time_col, "died_in_hospital"])
+    _check_flag(episodes["died_in_hospital"], "died_in_hospital")
     df = episodes.copy()
     df["los_time"] = df[time_col].astype(float)
     if (df["los_time"] < 0).any():

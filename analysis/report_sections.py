@@ -239,7 +239,7 @@ def show_figure(fig, caption: str | None = None) -> None:
     # tight cropping costs get_tightbbox over every axis: skipped for large small-multiple grids
     rp.show(SvgFigure(figure_svg(fig, tight=len(fig.axes) <= 12)))
     if caption:
-        rp.show(rp.Md(f"*{caption}*"))
+        rp.show(rp.Md(f"*{rp.escape_text(caption)}*"))
 
 
 def _guarded(run: rp.RunData, what: str, draw: Callable[[], Any]) -> None:
@@ -612,8 +612,8 @@ def impact_section(run: rp.RunData, shared: SharedFits, site_id: str | None = No
                 model, rp.NotEstimable) else model)
         words = [w for w, s in zip(impact.table["wording"], impact.table["status"]) if s == "ok"]
         if words:
-            rp.show(rp.Md("\n".join(f"- {w}" for w in words)))
-        rp.show(impact_frame(run, impact, site_id).style.hide(axis="index"))
+            rp.show(rp.Md("\n".join(f"- {rp.escape_text(w)}" for w in words)))
+        rp.show(impact_frame(run, impact, site_id).style.format(escape="html").hide(axis="index"))
         rp.show(rp.Md(
             "*ITS: change 12 months after go-live against the trend before go-live (first 6 months "
             "after go-live left out as phase-in), with 95% CI. Crude values compare all months "

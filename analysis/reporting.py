@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import pickle
 import platform
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,39 @@ DEFAULT_RUN_KEY = "ipso-synthetic"
 #: Packages whose versions go into the reproducibility footer.
 FOOTER_PACKAGES = ("pandas", "numpy", "scipy", "statsmodels", "lifelines", "matplotlib", "seaborn",
                    "great-tables", "papermill", "nbconvert")
+
+
+# ---------------------------------------------------------------------------------------------
+# text from data in Markdown/HTML output
+#: Characters that are markup in HTML (text or attribute values) or in Markdown as read by
+#: Jupyter/nbconvert (mistune) and Quarto (pandoc: also math, citations, super/subscript).
+_MARKUP_CHARACTERS = frozenset("&<>\"'`\\*_[](){}#|~$^@!")
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def escape_text(value: object) -> str:
+    """A string from data (site names, labels, reasons, values) for Markdown or HTML report text.
+
+    Every character that is markup in HTML or Markdown becomes a numeric character reference
+    (``<`` -> ``&#60;``, ``[`` -> ``&#91;``, a backtick -> ``&#96;``, ...), and line breaks and
+    other control characters become spaces. The text is then shown literally by nbconvert
+    (mistune) and Quarto (pandoc), and in HTML text or a quoted attribute value: a name such as
+    ``<img src=x onerror=alert(2)>``, ``" onmouseover=...``, ``</table>`` or
+    ``[x](javascript:...)`` can open no tag, attribute, link, code span or emphasis, and cannot end
+    a heading or table row. Use it wherever text built from data goes into :class:`Md` output.
+    (great-tables and pandas' HTML escape their own cells; do not escape twice.)
+    """
+    text = _LINE_BREAKS.sub(" ", str(value))
+    return "".join(f"&#{ord(c)};" if c in _MARKUP_CHARACTERS else c for c in text)
+
+
+def code_text(value: object) -> str:
+    """A Markdown code span that shows `value` literally: the fence is one backtick longer than the
+    longest run of backticks in it (CommonMark and pandoc), so data cannot end the span early."""
+    text = _LINE_BREAKS.sub(" ", str(value))
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +340,7 @@ class NotEstimable:
     reason: str
 
     def __str__(self) -> str:
-        return f"**{self.what}: not estimable.** {self.reason}"
+        return f"**{escape_text(self.what)}: not estimable.** {escape_text(self.reason)}"
 
     def _repr_markdown_(self) -> str:
         return f"> {self}"
@@ -349,7 +383,7 @@ def report_header(run: RunData, site_id: str | None = None) -> Md:
     """Header block: hospital (or collaborative), period, data as of, episodes (suppressed if small)."""
     ep = run.episodes_for(site_id)
     if site_id is not None:
-        who = run.site_name(site_id)
+        who = escape_text(run.site_name(site_id))
         srow = run.sites.loc[run.sites["site_id"] == site_id].iloc[0]
         extra = (f"- **IPSO go-live:** {month_label(pd.Timestamp(srow['go_live']))} "
                  f"(wave {int(srow['wave'])})\n")
@@ -410,15 +444,15 @@ class ReportTable:
         return self.html
 
     def _repr_markdown_(self) -> str:
-        cols = [str(c) for c in self.display.columns]
+        cols = [escape_text(c) for c in self.display.columns]
         lines = []
         if self.title:
-            lines.append(f"**{self.title}**\n")
+            lines.append(f"**{escape_text(self.title)}**\n")
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "|".join("---" for _ in cols) + "|")
         for _, r in self.display.iterrows():
-            lines.append("| " + " | ".join(str(v).replace("|", "/") for v in r) + " |")
-        lines.append(f"\n*{self.note}*")
+            lines.append("| " + " | ".join(escape_text(v) for v in r) + " |")
+        lines.append(f"\n*{escape_text(self.note)}*")
         return "\n".join(lines)
 
 
@@ -700,7 +734,7 @@ def reproducibility_footer(parameters: Mapping[str, Any], *, data_hash: str, ren
     commit = git_commit()
     src = source or ""
     kind = "synthetic" if src.startswith("simulated") or "synthetic" in src else "extract"
-    params = ", ".join(f"`{k}={v!r}`" for k, v in parameters.items() if k != "data_dir")
+    params = ", ".join(code_text(f"{k}={v!r}") for k, v in parameters.items() if k != "data_dir")
     vers = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     return Md(
         "## Reproducibility\n\n"

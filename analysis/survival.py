@@ -50,8 +50,23 @@ def _check_durations(df: pd.DataFrame, duration: str) -> None:
     d = pd.to_numeric(df[duration], errors="coerce")
     if d.isna().any():
         raise ValueError(f"column {duration!r} has {int(d.isna().sum())} missing/non-numeric value(s)")
+    if np.isinf(d.astype(float)).any():
+        raise ValueError(f"column {duration!r} has {int(np.isinf(d.astype(float)).sum())} infinite duration(s)")
     if (d < 0).any():
         raise ValueError(f"column {duration!r} has {int((d < 0).sum())} negative duration(s)")
+
+
+def _check_flag(values: pd.Series, name: str) -> None:
+    """A yes/no column must be bool, or 0/1, on every row: ``astype(bool)`` would silently turn a
+    missing value, or any other code (2, 0.5, 'no'), into True."""
+    if pd.api.types.is_bool_dtype(values.dtype) and not values.isna().any():
+        return
+    v = pd.to_numeric(values, errors="coerce")
+    bad = v.isna() | ~v.isin([0, 1])
+    if bad.any():
+        shown = sorted({repr(x) for x in values[bad].tolist()})[:5]
+        raise ValueError(f"column {name!r} must be True/False (or 1/0) on every row; "
+                         f"{int(bad.sum())} value(s) are not: {', '.join(shown)}")
 
 
 def _check_events(df: pd.DataFrame, event: str, *, binary: bool = True) -> None:
@@ -162,6 +177,10 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, covariates: Sequence[st
     _check_durations(df, duration)
     _check_events(df, event)
     _check_covariates(df, covariates)
+    if weights:
+        w = pd.to_numeric(df[weights], errors="coerce").astype(float)
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"weights column {weights!r} must be finite and >= 0 on every row")
     if ties not in ("efron", "breslow"):
         raise ValueError(f"ties must be 'efron' or 'breslow', got {ties!r}")
     data = df[cols].copy()
@@ -359,6 +378,10 @@ def cox_zph(df: pd.DataFrame, duration: str, event: str, covariates: Sequence[st
     only its own interaction; GLOBAL adds all. Returns chisq, df, p."""
     covariates = list(covariates)
     strata_l = [strata] if isinstance(strata, str) else (list(strata) if strata else None)
+    _require_columns(df, [duration, event, *covariates, *(strata_l or [])])
+    _check_durations(df, duration)
+    _check_events(df, event)
+    _check_covariates(df, covariates)
     data = df[[duration, event, *covariates, *(strata_l or [])]]
     t = data[duration].to_numpy(float)
     e = data[event].astype(int).to_numpy()
@@ -413,6 +436,7 @@ def mortality_times(episodes: pd.DataFrame, *, follow_up: FollowUp = "ipso",
     :func:`analysis.derive.derive_episodes`), follow-up ends there: an episode whose window was
     still open is censored at the cut-off, and an in-hospital death seen before it is an event."""
     _require_columns(episodes, ["days_t0_to_death", "days_t0_to_discharge", event_col])
+    _check_flag(episodes[event_col], event_col)
     if follow_up not in ("ipso", "censor_at_discharge"):
         raise ValueError(f"follow_up must be 'ipso' or 'censor_at_discharge', got {follow_up!r}")
     df = episodes.copy()
@@ -472,6 +496,7 @@ class KMResult:
 
 
 def _period_labels(post: pd.Series) -> pd.Series:
+    _check_flag(post, "post")
     return post.astype(bool).map({False: "pre", True: "post"})
 
 
@@ -479,8 +504,16 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray, *, alpha: float = 0.05) ->
     """Kaplan-Meier estimate at each distinct time with an event (ties grouped; censorings tied
     with deaths count as at risk). Columns: time, at_risk, events, survival, se (Greenwood),
     ci_lower, ci_upper (log(-log) CI, as lifelines / R ``conf.type="log-log"``)."""
-    time = np.asarray(time, float)
-    event = np.asarray(event, int)
+    time, event = np.asarray(time, float), np.asarray(event)
+    if time.shape != event.shape or time.ndim != 1:
+        raise ValueError(f"time and event must be 1-d and of the same length, got {time.shape} and {event.shape}")
+    if not np.isfinite(time).all() or (time < 0).any():
+        raise ValueError("time must be finite and >= 0 on every row")
+    if not np.isin(event, [0, 1]).all():
+        raise ValueError("event must be 1 (event) or 0 (censored) on every row (or bool); with several "
+                         "causes use analysis.competing.cumulative_incidence, which treats the other "
+                         "causes as competing events, not as censoring")
+    event = event.astype(int)
     ut, inv = np.unique(time, return_inverse=True)
     n_at = np.bincount(inv, minlength=len(ut))
     d = np.bincount(inv, weights=event, minlength=len(ut))
@@ -505,6 +538,8 @@ def rmst(km: pd.DataFrame, tau: float) -> tuple[float, float]:
     """Restricted mean survival time to `tau` (area under the KM step function) and its standard
     error, Var = sum_j A_j^2 d_j / (n_j (n_j - d_j)), A_j = area from t_j to tau (the estimator of
     R ``print.survfit(rmean=tau)`` and survRM2)."""
+    if not np.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a positive, finite time, got {tau!r}")
     k = km[km["time"] <= tau]
     t = np.concatenate([[0.0], k["time"].to_numpy(), [tau]])
     s = np.concatenate([[1.0], k["survival"].to_numpy()])

@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     ["bench_ingest.py"],
     ["bench_render.py"],
+    ["bench_fuzz.py", "--inputs", "1000"],
     ["bench_its_truth.py", "--replicates", "500", "--jobs", "2"],
     ["bench_its_truth.py", "--replicates", "100", "--jobs", "2", "--scenario", "null"],
     # results append to (and resume from) CSVs under benchmarks/_work/

@@ -304,3 +304,100 @@ def test_fine_gray_keeps_events_at_time_zero(melanoma):
     b = fit_fine_gray(d.assign(time=d["time"] + 7.0), "time", "event", ["sex", "age"]).table
     assert np.isfinite(a["coef"]).all()
     pd.testing.assert_frame_equal(a, b, rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks: inputs that silently gave wrong answers are now clear errors (issue 14)
+@pytest.fixture(scope="module")
+def stays() -> pd.DataFrame:
+    """Simulated sepsis stays: days from T0 to leaving hospital and whether the child died."""
+    from analysis.simulate import simulate_collaborative
+    from analysis.store import collaborative_from_frames
+
+    sim = simulate_collaborative(sites=6, months=24, episodes_per_site_month=15, seed=11)
+    ep = collaborative_from_frames(sim.episodes, sim.sites, sim.site_months).episodes
+    return los_events(ep)[["los_time", "los_event", "died_in_hospital", "post"]]
+
+
+def test_coded_causes_give_the_empirical_incidence(stays):
+    """Every stay ends (no censoring), so the Aalen-Johansen CIF of death at 30 days must equal the
+    share of children who died in hospital within 30 days. Coded causes (1 = discharged alive,
+    2 = died) give exactly that; the flag `died_in_hospital` read as 1 = death, 0 = censored turns
+    every discharge into censoring (a 1 - Kaplan-Meier of death), which overstates it."""
+    truth = float(((stays["los_event"] == 2) & (stays["los_time"] <= 30)).mean())
+    coded = cif_at(cumulative_incidence(stays, "los_time", "los_event", event_of_interest=2), [30.0])
+    assert coded["estimate"].iloc[0] == pytest.approx(truth, abs=1e-12)
+    as_flag = stays.assign(flag=stays["died_in_hospital"].astype(int))
+    naive = cif_at(cumulative_incidence(as_flag, "los_time", "flag"), [30.0])["estimate"].iloc[0]
+    assert naive > 1.5 * truth  # the trap: discharges counted as censoring
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: cumulative_incidence(d, "los_time", "died_in_hospital"),
+    lambda d: cumulative_incidence(d.assign(died_in_hospital=d["died_in_hospital"].astype(object)),
+                                   "los_time", "died_in_hospital"),
+    lambda d: gray_test(d, "los_time", "died_in_hospital", "post"),
+    lambda d: fit_cause_specific_cox(d.assign(x=d["post"].astype(float)), "los_time", "died_in_hospital", ["x"]),
+    lambda d: fit_fine_gray(d.assign(x=d["post"].astype(float)), "los_time", "died_in_hospital", ["x"]),
+    lambda d: finegray_expand(d, "los_time", "died_in_hospital"),
+])
+def test_a_yes_no_event_column_is_refused_with_how_to_code_causes(stays, call):
+    with pytest.raises(ValueError) as err:
+        call(stays)
+    msg = str(err.value)
+    assert "'died_in_hospital' is a yes/no flag" in msg and "coded causes" in msg
+    assert "0 = censored" in msg and "1 = the cause of interest" in msg and "competing causes" in msg
+    assert "1 = discharged alive, 2 = died in hospital" in msg
+
+
+@pytest.mark.parametrize("code", [0, -1, True, 1.5, "1", None])
+def test_event_of_interest_must_be_a_positive_cause_code(stays, code):
+    with pytest.raises(ValueError, match="event_of_interest must be a positive integer cause code"):
+        cumulative_incidence(stays, "los_time", "los_event", event_of_interest=code)
+
+
+@pytest.mark.parametrize("column", ["post", "stratum"])
+def test_gray_test_refuses_missing_groups_and_strata(stays, column):
+    d = stays.assign(post=stays["post"].astype(object), stratum=np.arange(len(stays)) % 3)
+    d.loc[d.index[:5], column] = None
+    kw = {"strata": "stratum"} if column == "stratum" else {}
+    with pytest.raises(ValueError, match=f"column '{column}' has 5 missing value"):
+        gray_test(d, "los_time", "los_event", "post", **kw)
+
+
+def test_survival_functions_refuse_inputs_they_would_misread(stays):
+    """survival.py: the same trap elsewhere. Each of these used to run and give a wrong answer."""
+    from analysis.survival import (
+        cox_zph,
+        fit_cox,
+        kaplan_meier,
+        km_by_period,
+        mortality_times,
+        rmst,
+    )
+
+    t, e = stays["los_time"].to_numpy(), stays["los_event"].to_numpy()
+    with pytest.raises(ValueError, match="1 \\(event\\) or 0 \\(censored\\)"):
+        kaplan_meier(t, e)  # codes 1/2: every death counted twice
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        kaplan_meier(np.r_[t[:-1], np.nan], (e == 2).astype(int))
+    d = stays.assign(x=stays["post"].astype(float))
+    with pytest.raises(ValueError, match="must be 0/1"):
+        cox_zph(d, "los_time", "los_event", ["x"])  # code 2 silently taken as censored
+    with pytest.raises(ValueError, match="infinite duration"):
+        fit_cox(d.assign(los_time=np.r_[d["los_time"].to_numpy()[:-1], np.inf]),
+                "los_time", "died_in_hospital", ["x"])
+    with pytest.raises(ValueError, match="weights column 'w' must be finite and >= 0"):
+        fit_cox(d.assign(w=-1.0), "los_time", "died_in_hospital", ["x"], weights="w")
+    with pytest.raises(ValueError, match="tau must be a positive"):
+        rmst(kaplan_meier(t, (e == 2).astype(int)), 0.0)
+    ep = pd.DataFrame({"days_t0_to_death": [1.0, np.nan, np.nan, 2.0],
+                       "days_t0_to_discharge": [1.0, 5.0, 6.0, 2.0],
+                       "sam30": [True, None, False, True], "post": [False, True, np.nan, True]})
+    with pytest.raises(ValueError, match="'sam30' must be True/False"):
+        mortality_times(ep)  # a missing flag became a death
+    with pytest.raises(ValueError, match="'post' must be True/False"):
+        km_by_period(ep.assign(sam30=[True, False, False, True]), by=None)  # missing period -> 'post'
+    with pytest.raises(ValueError, match="'died_in_hospital' must be True/False"):
+        los_events(stays.assign(died_in_hospital=stays["died_in_hospital"].astype(object).where(
+            stays.index != stays.index[0], None)), time_col="los_time")  # a missing flag became a death

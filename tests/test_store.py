@@ -223,3 +223,50 @@ def test_cli_garbage_parquet_exits_2(tmp_path):
     res = ipso("ingest", str(d), "--out", str(tmp_path / "store"))
     assert res.returncode == 2 and "sites.parquet" in res.stderr
     assert not (tmp_path / "store").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the inputs that crashed `ipso ingest` (fuzz campaign of issue 14): now quarantined, no traceback
+def _crash_inputs(tmp_path: Path) -> Path:
+    """One extract with every crash cause: a count of 9.3e18 and one of 1e300, a stay of 316 years,
+    a year-9999 discharge, extra columns named like the quarantine's own columns."""
+    d = tmp_path / "crashers"
+    shutil.copytree(GOOD, d)
+    ep = pd.read_csv(d / "episodes.csv", dtype=str, keep_default_na=False)
+    ep.loc[0, ["arrival_time", "time_zero"]] = ["1700-01-01T00:00:00", "1700-01-01T00:10:00"]
+    ep.loc[1, "discharge_time"] = "9999-01-01T00:00:00"
+    for c in ("file", "row", "key", "reasons", "details"):
+        ep[c] = f"user {c}"
+    ep.to_csv(d / "episodes.csv", index=False)
+    sm = pd.read_csv(d / "site_months.csv", dtype=str, keep_default_na=False)
+    sm.loc[0, "admissions"] = "9.3e18"
+    sm.loc[1, "admissions"] = "1e300"
+    sm["key"] = "user key"
+    sm.to_csv(d / "site_months.csv", index=False)
+    return d
+
+
+def test_crash_inputs_are_quarantined_through_the_store(tmp_path):
+    out = tmp_path / "store"
+    res = ipso("ingest", str(_crash_inputs(tmp_path)), "--out", str(out), "--json")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["rows_read"] == 24 and summary["rows_quarantined"] == 4
+    assert summary["rules"] == {"out_of_range": 2, "date_out_of_range": 1, "stay_too_long": 1}
+    loaded = load_collaborative(out)
+    q = loaded.quarantine.set_index(["file", "row"])
+    assert q.loc[("episodes.csv", 1), "reasons"] == "stay_too_long"
+    assert q.loc[("episodes.csv", 2), "reasons"] == "date_out_of_range"
+    assert q.loc[("episodes.csv", 1), "input_key"] == "user key"  # the user's column, kept
+    assert q.loc[("site_months.csv", 2), "input_key"] == "user key"
+    assert (loaded.episodes["reasons"] == "user reasons").all() and len(loaded.episodes) == 10
+
+
+def test_cli_clear_exit_2_for_a_utf16_file(tmp_path):
+    d = tmp_path / "extract"
+    shutil.copytree(GOOD, d)
+    (d / "sites.csv").write_bytes((GOOD / "sites.csv").read_text().encode("utf-16"))
+    for args in (("validate", str(d)), ("ingest", str(d), "--out", str(tmp_path / "store"))):
+        res = ipso(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert "sites.csv" in res.stderr and "UTF-16" in res.stderr and "UTF-8" in res.stderr

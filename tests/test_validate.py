@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import shutil
 from pathlib import Path
 
@@ -113,6 +114,20 @@ CASES = {
     "site_month_fraction": ("site_months", 1, {"admissions": "10.5"}, {"non_integer"}),
     "site_month_bad_month": ("site_months", 1, {"month": "2017-13"}, {"unparseable_date"}),
     "site_month_mid_month": ("site_months", 1, {"month": "2017-01-15"}, {"unparseable_date"}),
+    # real dates pandas cannot hold (nanosecond timestamps: 1677-09-21 to 2262-04-11)
+    "date_out_of_range_9999": ("episodes", 0, {"discharge_time": "9999-01-01T00:00:00"},
+                               {"date_out_of_range"}),
+    "date_out_of_range_1500": ("episodes", 0, {"first_bolus_time": "1500-06-01 10:00"},
+                               {"date_out_of_range"}),
+    "site_month_out_of_range": ("site_months", 1, {"month": "1600-01"}, {"date_out_of_range"}),
+    # arrival and T0 both in 1700, discharge in 2016: a stay no timedelta can hold (was OverflowError)
+    "stay_too_long": ("episodes", 0, {"arrival_time": "1700-01-01T00:00:00",
+                                      "time_zero": "1700-01-01T00:10:00"}, {"stay_too_long"}),
+    # counts are stored as int64 and analysed as float64: beyond 2**53 they would change
+    "count_beyond_2_53": ("site_months", 1, {"admissions": "9007199254740993"}, {"out_of_range"}),
+    "count_9_2e18": ("site_months", 1, {"admissions": "9223372036854775808"}, {"out_of_range"}),
+    "count_1e300": ("site_months", 1, {"admissions": "1e300"}, {"out_of_range"}),
+    "site_invalid_id": ("sites", "append", {**SITE_ROW, "site_id": "../../../x"}, {"invalid_site_id"}),
 }
 
 
@@ -383,5 +398,238 @@ def test_bom_and_crlf_are_accepted(tmp_path):
     d = extract(tmp_path)
     text = (d / "episodes.csv").read_text()
     (d / "episodes.csv").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    r = validate_collaborative(d)
+    assert r.quarantine.empty and r.data_hash == validate_collaborative(GOOD).data_hash
+
+
+# ---------------------------------------------------------------------------------------------
+# hardening: inputs that crashed the validator, changed a value silently or gave unclear messages
+def test_parquet_timestamps_outside_the_supported_range_are_quarantined(tmp_path):
+    """Parquet timestamps in microseconds reach years pandas' nanoseconds cannot (was
+    OutOfBoundsDatetime): the row is quarantined, the others are accepted unchanged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = validate_collaborative(GOOD)
+    d = extract(tmp_path)
+    (d / "episodes.csv").unlink()
+    tab = pa.Table.from_pandas(good.episodes, preserve_index=False)
+    for col, row, when in (("death_time", 0, "2500-01-01"), ("arrival_time", 1, "1600-06-01")):
+        values = tab.column(col).cast(pa.timestamp("us")).to_pylist()
+        values[row] = datetime.datetime.fromisoformat(when)
+        tab = tab.set_column(tab.schema.get_field_index(col), col, pa.array(values, pa.timestamp("us")))
+    pq.write_table(tab, d / "episodes.parquet")
+    r = validate_collaborative(d)
+    reconciles(r.summary)
+    q = r.quarantine
+    assert q["row"].tolist() == [1, 2] and set(q["reasons"]) == {"date_out_of_range"}
+    assert "2500-01-01" in q["details"].iloc[0] and "1677-09-21 to 2262-04-11" in q["details"].iloc[0]
+    kept = good.episodes.iloc[2:].reset_index(drop=True)
+    pd.testing.assert_frame_equal(r.episodes, kept)
+
+
+def test_parquet_integers_are_read_exactly(tmp_path):
+    """An int64 column with a missing value used to become float64 and round 2**53 + 1 to 2**53."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = extract(tmp_path)
+    (d / "site_months.csv").unlink()
+    sm = raw("site_months")
+    admissions = [2**53 + 1, None, 2**53, 2**62] + [int(x) for x in sm["admissions"][4:]]
+    tab = pa.table({"site_id": sm["site_id"], "month": sm["month"],
+                    "admissions": pa.array(admissions, pa.int64())})
+    pq.write_table(tab, d / "site_months.parquet")
+    r = validate_collaborative(d)
+    reconciles(r.summary)
+    q = r.quarantine.set_index("row")
+    assert q.loc[1, "reasons"] == "out_of_range" and "9007199254740993" in q.loc[1, "details"]
+    assert "beyond 2^53" in q.loc[1, "details"]
+    assert q.loc[2, "reasons"] == "missing_required"
+    assert q.loc[4, "reasons"] == "out_of_range"
+    # 2**53 itself is exact: accepted with every digit
+    assert r.site_months["admissions"].iloc[0] == 2**53
+    assert r.site_months["admissions"].dtype == "int64"
+
+
+@pytest.mark.parametrize("text, accepted", [
+    ("9007199254740992", True), ("9007199254740993", False), ("9.007199254740993e15", False),
+    ("-9007199254740993", False), ("9223372036854775807", False), ("1e300", False), ("1.0e3", True),
+])
+def test_counts_beyond_2_53_are_rejected_never_rounded(text, accepted):
+    si = raw("sites")
+    si.loc[0, "beds"] = text
+    r = validate_frames(raw("episodes"), si, raw("site_months"))
+    reconciles(r.summary)
+    if accepted:
+        from decimal import Decimal
+
+        assert r.quarantine.empty
+        assert r.sites["beds"].iloc[0] == int(Decimal(text))  # exactly the value in the file
+    else:
+        q = r.quarantine[r.quarantine.file == "sites.csv"]
+        assert q["reasons"].tolist() == ["out_of_range"]
+        assert f"beds='{text}'" in q["details"].iloc[0]
+
+
+def test_extra_columns_named_like_quarantine_columns(tmp_path):
+    """Input columns named file/row/key/reasons/details collided with the quarantine's own columns
+    (InvalidIndexError when two tables had quarantined rows): the user's column and values are
+    kept in the quarantine as input_<name>, and unchanged in the accepted data."""
+    ep, sm = raw("episodes"), raw("site_months")
+    for c in ("file", "row", "key", "reasons", "details"):
+        ep[c] = [f"{c}-ep{i}" for i in range(len(ep))]
+        sm[c] = [f"{c}-sm{i}" for i in range(len(sm))]
+    sm["input_key"] = "taken"
+    ep.loc[0, "age_years"] = "99"
+    sm.loc[1, "admissions"] = "-1"
+    r = validate_frames(ep, raw("sites"), sm)
+    reconciles(r.summary)
+    q = r.quarantine.set_index("file")
+    assert q.loc["episodes.csv", "input_file"] == "file-ep0" and q.loc["episodes.csv", "row"] == 1
+    assert q.loc["site_months.csv", "input_reasons"] == "reasons-sm1"
+    assert q.loc["site_months.csv", "input_input_key"] == "key-sm1"  # input_key was taken
+    assert q.loc["site_months.csv", "input_key"] == "taken"
+    assert q.loc["episodes.csv", "reasons"] == "out_of_range"
+    assert r.summary["files"]["episodes"]["extra_columns"] == ["file", "row", "key", "reasons", "details"]
+    assert r.episodes["key"].tolist() == [f"key-ep{i}" for i in range(1, 12)]
+
+
+def test_site_ids_cannot_escape():
+    """Site ids are part of file names and links: anything but 1-32 of [A-Za-z0-9_-] is quarantined
+    in sites, and that site's episodes and site-months follow it (unknown_site_id)."""
+    hostile = ["../../../x", "a/b", "S 04", "<img src=x onerror=alert(1)>", "X" * 33, "S05\n",
+               "S\u00e9", "..", "S06;rm"]
+    fine = ["A" * 32, "a-b_C9"]
+    si, ep, sm = raw("sites"), raw("episodes"), raw("site_months")
+    for i, sid in enumerate(hostile + fine):
+        si.loc[len(si)] = {**SITE_ROW, "site_id": sid}
+        sm.loc[len(sm)] = {"site_id": sid, "month": "2017-01", "admissions": "5"}
+        ep.loc[len(ep)] = {**ep.loc[0].to_dict(), "episode_id": f"H{i}", "site_id": sid}
+    r = validate_frames(ep, si, sm)
+    reconciles(r.summary)
+    q = r.quarantine
+    qs = q[q.file == "sites.csv"]
+    assert (qs["reasons"] == "invalid_site_id").all() and len(qs) == len(hostile) - 1  # 'S05\n' is
+    # 'S05' once surrounding whitespace is removed, as for every value
+    assert "is not a valid site id (1 to 32 characters, each an ASCII letter, digit, '_' or '-')" in (
+        qs["details"].iloc[0])
+    for table in ("episodes.csv", "site_months.csv"):
+        qt = q[q.file == table]
+        assert (qt["reasons"] == "unknown_site_id").all() and len(qt) == len(hostile) - 1
+        assert qt["details"].str.endswith("was quarantined in sites.csv").all()
+    assert set(r.sites["site_id"]) == {"S01", "S02", "S03", "S05", *fine}
+    assert all(contract.is_valid_site_id(s) for s in r.sites["site_id"])
+    assert set(r.episodes["site_id"]) <= set(r.sites["site_id"])
+
+
+def test_every_value_out_of_range_is_a_clear_fatal_error(tmp_path):
+    d = extract(tmp_path)
+    ep = raw("episodes")
+    ep["death_time"] = "9999-12-31T00:00:00"  # a placeholder for "did not die"
+    ep.to_csv(d / "episodes.csv", index=False)
+    with pytest.raises(DataContractError) as err:
+        validate_collaborative(d)
+    assert (err.value.file, err.value.column) == ("episodes.csv", "death_time")
+    assert "outside the supported date range 1677-09-21 to 2262-04-11" in err.value.message
+    assert "left empty" in err.value.message
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+
+
+SITES_TEXT = (GOOD / "sites.csv").read_text(encoding="utf-8")
+UNREADABLE = {
+    # name: (bytes of sites.csv, words the message must contain)
+    "utf16_bom": (SITES_TEXT.encode("utf-16"), ["UTF-16 encoded", "save it as UTF-8"]),
+    "utf16_no_bom": (SITES_TEXT.encode("utf-16-le"), ["UTF-16 encoded", "save it as UTF-8"]),
+    "utf32": (SITES_TEXT.encode("utf-32"), ["UTF-32 encoded"]),
+    "utf32_no_bom": (SITES_TEXT.encode("utf-32-be"), ["UTF-32 encoded", "save it as UTF-8"]),
+    "latin1": (SITES_TEXT.replace("Prairie", "Pr\u00e9rie").encode("latin-1"),
+               ["not UTF-8", "line 3", "0xE9", "Windows-1252", "save it as UTF-8"]),
+    "semicolon": (SITES_TEXT.replace(",", ";"), ["delimiter looks like ';'", "comma"]),
+    "tab": (SITES_TEXT.replace(",", "\t"), ["delimiter looks like '\\t'"]),
+    "ragged": (SITES_TEXT + "S04,New,2018-01-01,3,South,50,extra\n",
+               ["line 5 has 7 value(s), but the header has 6", "double quotes"]),
+    "semicolon_rows": (SITES_TEXT.split("\n", 1)[0] + "\n" + SITES_TEXT.split("\n", 1)[1].replace(",", ";"),
+                       ["line 2 has 1 value(s)", "does not use commas"]),
+    "truncated": (SITES_TEXT.rstrip("\n") + "\nS04,New,2018-0", ["line 5", "truncated"]),
+    "unclosed_quote": (SITES_TEXT + 'S04,"New,2018-01-01,3,South,50\n', ["line", "never closed"]),
+    "parquet_named_csv": (b"PAR1" + b"\x00" * 64 + b"PAR1", ["Parquet file", "rename it to .parquet"]),
+    "xlsx_named_csv": (b"PK\x03\x04" + b"\x00" * 64, ["Excel", "CSV UTF-8"]),
+    "gzip": (b"\x1f\x8b\x08" + b"\x00" * 64, ["gzip"]),
+    "binary": (b"site_id\x00\x01\x02\x03" * 20, ["binary"]),
+    "blank_first_line": ("\n" + SITES_TEXT, ["first line is blank"]),
+    "whitespace_only": ("  \n\n", ["empty file"]),
+    "header_spaces": (SITES_TEXT.replace("site_id,", " Site_ID,", 1),
+                      ["missing contract column", "' Site_ID' for 'site_id'", "case-sensitive"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE))
+def test_unreadable_files_say_what_is_wrong(tmp_path, case):
+    data, words = UNREADABLE[case]
+    d = extract(tmp_path)
+    _write(d / "sites.csv", data)
+    with pytest.raises(DataContractError) as err:
+        validate_collaborative(d)
+    assert err.value.file == "sites.csv"
+    for w in words:
+        assert w in err.value.message, err.value.message
+
+
+@pytest.mark.parametrize("case, words", [
+    ("empty", ["empty file"]), ("garbage", ["not a Parquet file"]),
+    ("truncated", ["truncated Parquet file"]), ("csv_text", ["not a Parquet file", "named .csv"]),
+])
+def test_unreadable_parquet_says_what_is_wrong(tmp_path, case, words):
+    d = extract(tmp_path)
+    (d / "site_months.csv").unlink()
+    target = d / "site_months.parquet"
+    raw("site_months").to_parquet(target)
+    whole = target.read_bytes()
+    target.write_bytes({"empty": b"", "garbage": b"\x00garbage" * 50, "truncated": whole[: len(whole) // 2],
+                        "csv_text": (GOOD / "site_months.csv").read_bytes()}[case])
+    with pytest.raises(DataContractError) as err:
+        validate_collaborative(d)
+    assert err.value.file == "site_months.parquet"
+    for w in words:
+        assert w in err.value.message, err.value.message
+
+
+def test_parquet_binary_text_is_decoded_and_nested_values_are_fatal(tmp_path):
+    """A Parquet text column without the UTF-8 annotation (binary) used to be stored as "b'E0001'";
+    a column of lists was read as the text '[1]'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = extract(tmp_path)
+    (d / "episodes.csv").unlink()
+    ep = raw("episodes")
+    tab = pa.Table.from_pandas(ep, preserve_index=False)
+    ids = pa.array([v.encode() for v in ep["episode_id"]], pa.binary())
+    pq.write_table(tab.set_column(0, "episode_id", ids), d / "episodes.parquet")
+    r = validate_collaborative(d)
+    assert r.quarantine.empty and r.episodes["episode_id"].tolist() == ep["episode_id"].tolist()
+    assert r.data_hash == validate_collaborative(GOOD).data_hash
+    bad = pa.array([b"E\xff"] * len(ep), pa.binary())
+    pq.write_table(tab.set_column(0, "episode_id", bad), d / "episodes.parquet")
+    with pytest.raises(DataContractError, match="binary data that is not UTF-8") as err:
+        validate_collaborative(d)
+    assert err.value.column == "episode_id"
+    nested = pa.array([[1]] * len(ep), pa.list_(pa.int64()))
+    pq.write_table(tab.set_column(2, "site_id", nested), d / "episodes.parquet")
+    with pytest.raises(DataContractError, match="not single values") as err:
+        validate_collaborative(d)
+    assert err.value.column == "site_id"
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n"])
+def test_old_mac_and_windows_line_endings(tmp_path, newline):
+    d = extract(tmp_path)
+    for t in N_GOOD:
+        text = (GOOD / f"{t}.csv").read_text(encoding="utf-8")
+        (d / f"{t}.csv").write_bytes(text.replace("\n", newline).encode())
     r = validate_collaborative(d)
     assert r.quarantine.empty and r.data_hash == validate_collaborative(GOOD).data_hash
