@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import riskadj as ra  # noqa: E402
+from analysis import riskadj as ra
 
 K = 57
 UNITS = [f"H{i:02d}" for i in range(K)]
@@ -122,14 +122,14 @@ def main() -> int:
 
     se = np.sqrt(pn["any"] * (1 - pn["any"]) / pn["runs"])
     lines = [
-        f"57 hospitals; flags only outside the 99.8% limits; chance alone flags at least one hospital "
+        (f"57 hospitals; flags only outside the 99.8% limits; chance alone flags at least one hospital "
         f"in 1 - 0.998^57 = 10.8% of runs (0.11 per run). Target: at most 15% of null runs. "
-        f"Run time {mins:.0f} min.",
+        f"Run time {mins:.0f} min."),
         "",
         "| scenario | runs | runs with any flag | flags per run | limits widened (OD test) | old settings: any flag / per run |",
         "|---|---|---|---|---|---|",
-        f"| Poisson null (deaths = 0.79 x expected) | {pn['runs']} | {pct(pn['any'])} (MC SE {100 * se:.1f}) "
-        f"| {pn['per_run']:.2f} | {pct(pn['adjusted'])} | {pct(pn['old_any'])} / {pn['old_per_run']:.2f} |",
+        (f"| Poisson null (deaths = 0.79 x expected) | {pn['runs']} | {pct(pn['any'])} (MC SE {100 * se:.1f}) "
+        f"| {pn['per_run']:.2f} | {pct(pn['adjusted'])} | {pct(pn['old_any'])} / {pn['old_per_run']:.2f} |"),
     ]
     if sn:
         lines.append(
