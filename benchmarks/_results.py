@@ -19,3 +19,11 @@ def write_section(key: str, heading: str, text: str) -> None:
     else:
         body = body.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     RESULTS.write_text(re.sub(r"\n{3,}", "\n\n", body))
+
+
+def publish(key: str, heading: str, text: str, write: bool) -> int:
+    """Print a benchmark's section and, when `write`, store it in RESULTS.md; returns 0."""
+    print(text)
+    if write:
+        write_section(key, heading, text)
+    return 0

@@ -151,13 +151,10 @@ def main() -> int:
         f"| 0.15 | {p1['runs']} | {pct(p1['high'])} | {pct(p1['low'])} | {p1['false_per_run']:.2f} | {pct(p1['adjusted'])} |",
     ]
     text = "\n".join(lines)
-    print(text)
-    if not a.no_write:
-        from _results import write_section
+    from _results import publish
 
-        write_section("funnel_null", "Funnel plot: false flags without true differences, and power "
-                      "(`bench_funnel_null.py`)", text)
-    return 0
+    return publish("funnel_null", "Funnel plot: false flags without true differences, and power "
+                   "(`bench_funnel_null.py`)", text, write=not a.no_write)
 
 
 if __name__ == "__main__":
