@@ -270,11 +270,13 @@ class ControlChart:
         """What a point is and its n, for a caption: "Each point is one quarter; n = 38 to 61
         episodes per point (median 47)". Counts below `min_cell` are shown as "fewer than
         {min_cell}" (never a count from 1 to min_cell - 1)."""
+        from .privacy import suppress_count
+
         n = self.data["n"].to_numpy(float)
         n = n[np.isfinite(n)]
 
         def fmt(v: float) -> str:
-            return f"fewer than {min_cell}" if 0 < v < min_cell else f"{v:,.0f}"
+            return suppress_count(round(v), min_cell=min_cell, marker=f"fewer than {min_cell}")
 
         what = f"Each point is {self.point}" if self.point else "Each point is one subgroup"
         if n.size == 0:
