@@ -562,6 +562,19 @@ class EmpiricalBayesResult:
             raise ValueError(f"no site labelled {label!r}")
         return hit.iloc[0]
 
+    def caption(self) -> str:
+        """What the partially pooled figure shows and how it was estimated."""
+        st = self.sites["status"]
+        k_ok, k_few = int((st == "ok").sum()), int((st == "too little information").sum())
+        level = f"{100 * self.level:g}%"
+        text = (f"Each row is one hospital: its own estimate (open grey, its data alone) and its "
+                f"partially pooled estimate (blue), shrunk toward the collaborative mean, with "
+                f"{level} intervals; the band is the collaborative mean's {level} interval. "
+                f"Empirical Bayes: {self.method_note}. {k_ok} hospitals with their own estimate")
+        if k_few:
+            text += f"; {k_few} with too little information for their own effect"
+        return text + "."
+
     def plot(self, ax=None, *, exp: bool = True, highlight=None, xlabel: str | None = None,
              xlim: tuple[float, float] | None = None, max_ratio_range: float = 20.0):
         """Each site's own estimate (open circle, grey) and its partially pooled estimate

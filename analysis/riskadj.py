@@ -579,6 +579,9 @@ class Funnel:
                               levels=(self.level_inner, self.level_outer), x_step=x_step,
                               period=self.period)
 
+    def caption(self) -> str:
+        return self.plot_data().caption()
+
     def plot(self, ax=None, highlight: str | None = None, label_outliers: bool = True,
              x_step: float | None = 5.0):
         return funnel_plot(self, ax=ax, highlight=highlight, label_outliers=label_outliers,
@@ -614,6 +617,18 @@ class FunnelPlotData:
     def limits_curve(self, expected: np.ndarray) -> pd.DataFrame:
         return _limits_frame(np.asarray(expected, dtype=float), self.target, self.adjusted,
                              self.od_model, self.tau2, self.phi, self.scale, self.levels)
+
+    def caption(self) -> str:
+        """What a point is, the centre, the over-dispersion decision and the flags expected by
+        chance alone."""
+        n = len(self.points)
+        centre = "collaborative" if self.target_kind == "collaborative" else "target"
+        od = (f"Limits widened for over-dispersion ({self.od_model}, tau\u00b2 = {self.tau2:.3g})"
+              if self.adjusted else "No over-dispersion adjustment (test not significant)")
+        return (f"Each point is one hospital. Centre: the {centre}'s O/E = {self.target:.2f}. {od}. "
+                f"A hospital is flagged only outside the {self.levels[1] * 100:g}% limits; with {n} "
+                f"hospitals, about {n * (1 - self.levels[1]):.1f} would fall outside them by "
+                "chance alone.")
 
 
 def _od_limits(e: np.ndarray, level: float, target: float, tau2: float, phi: float, scale: str,
@@ -808,13 +823,7 @@ def funnel_plot(funnel: Funnel | FunnelPlotData, *, ax=None, highlight: str | No
     if pdata.period:
         title += f", {pdata.period}"
     ax.set_title(title)
-    n = len(d)
-    od = (f"Limits widened for over-dispersion ({pdata.od_model}, tau\u00b2 = {pdata.tau2:.3g})"
-          if pdata.adjusted else "No over-dispersion adjustment (test not significant)")
-    note = (f"Each point is one hospital. Centre: the {centre}'s O/E. {od}. With {n} hospitals, "
-            f"about {n * (1 - pdata.levels[1]):.1f} would fall outside the "
-            f"{pdata.levels[1] * 100:g}% limits by chance alone.")
-    ax.annotate(note, xy=(0, 0), xycoords="axes fraction", xytext=(0, -36),
+    ax.annotate(pdata.caption(), xy=(0, 0), xycoords="axes fraction", xytext=(0, -36),
                 textcoords="offset points", fontsize=7, color="dimgray", va="top", wrap=True)
     ax.legend(loc="upper right", fontsize=7)
     return ax

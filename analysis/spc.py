@@ -261,6 +261,11 @@ class ControlChart:
                 _fmt_x(b) for b in self.detected_shifts) + " (a signal; limits keep their phases)."
         if self.limits == "exact":
             text += " Limits: exact probability limits (tail probability 0.00135 each side)."
+        if self.point:
+            text += f" Each point is {self.point}."
+        reason = getattr(self.choice, "reason", None)
+        if reason:
+            text += f" Chart choice: {reason}."
         if self.scale == "log":
             text += (" Computed on the log scale: points are geometric means, limits never below"
                      " 0.")
@@ -461,7 +466,7 @@ class FacetedCharts:
         return chart_pages(self.charts, ncols=ncols, sharey=sharey, max_width=max_width,
                            max_rows=None, title=title, caption=self.caption, figsize=figsize)[0]
 
-    def pages(self, *, max_width: float = PAGE_WIDTH, max_rows: int = 6, ncols: int | None = None,
+    def pages(self, *, max_width: float = PAGE_WIDTH, max_rows: int = 4, ncols: int | None = None,
               sharey: bool = True, title: str | None = None) -> list:
         """The facets as compact small multiples wrapped to the page width and split across
         figures of at most `max_rows` rows; returns the list of Figures."""
@@ -486,7 +491,7 @@ def grid_shape(n_panels: int, *, max_width: float = PAGE_WIDTH, panel_width: flo
 
 
 def chart_pages(charts: Mapping[str, ControlChart], *, ncols: int | None = None,
-                max_width: float = PAGE_WIDTH, max_rows: int | None = 6, panel_height: float = 1.9,
+                max_width: float = PAGE_WIDTH, max_rows: int | None = 4, panel_height: float = 1.9,
                 sharey: bool = False, title: str | None = None, caption: str | None = None,
                 figsize=None) -> list:
     """Compact small multiples of control charts (one panel per label), wrapped to `max_width`

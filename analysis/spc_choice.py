@@ -256,6 +256,7 @@ def attribute_chart(df: pd.DataFrame, x: str, y: str, n: str, *, kind: Literal["
         kwargs["limits"] = "exact"
     cc = spc.control_chart(agg, chart, "period", "y", "n", **kwargs)
     cc.y_name, cc.n_name = y, n
+    cc.x_name = f"{PERIOD_NAMES.get(m, 'period')} (start)"
     cc.choice = choice
     cc.notes.insert(0, reason)
     if zero.any():
@@ -318,6 +319,7 @@ def time_chart(df: pd.DataFrame, x: str, y: str, *, go_live=None,
         cc = spc.xbar_chart(d, "period", y, log=True, floor=floor, min_n=2, **kwargs)
     else:
         cc = spc.xbar_chart(d, "period", y, bounds=(0.0, None), min_n=2, **kwargs)
+    cc.x_name = f"{PERIOD_NAMES.get(m, 'period')} (start)"
     cc.choice = choice
     cc.notes.insert(0, choice.reason)
     return cc

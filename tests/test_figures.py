@@ -55,3 +55,20 @@ def test_small_periods_are_not_counted_in_the_legend():
     assert any("after go-live (fewer than 11 episodes)" in t for t in labels)
     assert not any("(8 episodes)" in t for t in labels)
     plt.close(fig)
+
+
+def test_funnel_and_partial_pooling_captions_say_what_a_point_is():
+    from analysis import riskadj as ra
+    from analysis.pooling import empirical_bayes
+
+    rng = np.random.default_rng(1)
+    e = rng.uniform(5, 50, 57)
+    f = ra.funnel_from_counts([f"H{i}" for i in range(57)], rng.poisson(0.8 * e), e)
+    cap = f.caption()
+    assert cap.startswith("Each point is one hospital. Centre: the collaborative's O/E = ")
+    assert "about 0.1 would fall outside them by chance alone" in cap
+    eb = empirical_bayes(rng.normal(-0.2, 0.3, 8), np.full(8, 0.05), [f"H{i}" for i in range(8)],
+                         estimable=[True] * 7 + [False])
+    cap = eb.caption()
+    assert cap.startswith("Each row is one hospital") and "7 hospitals with their own estimate" in cap
+    assert "1 with too little information" in cap and "flat prior on tau^2" in cap

@@ -238,7 +238,7 @@ def test_funnel_plot_is_drawn_without_observed_counts():
     ax = ra.funnel_plot(pdata, highlight="H3")
     assert ax.get_title() == "Risk-adjusted mortality by hospital, after go-live"
     texts = " ".join(t.get_text() for t in ax.texts)
-    assert "about 0.1 would fall outside the 99.8% limits by chance alone" in texts
+    assert "flagged only outside the 99.8% limits; with 40 hospitals, about 0.1 would fall" in texts
     assert [t.get_text() for t in ax.texts if t.get_text() == "H0"]  # flagged units labelled
     assert not [t for t in ax.texts if t.get_text() == "H5"]  # others are not
     y = [c.get_offsets()[:, 1] for c in ax.collections if len(c.get_offsets())]
