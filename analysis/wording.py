@@ -326,6 +326,27 @@ def funnel_sentence(flag: str, m: MeasureWords, *, n_units: int, level: float = 
             f"the collaborative's by more than chance alone would explain. {chance}")
 
 
+def site_sentences(row, m: MeasureWords, *, level: float = 0.95, log_scale: bool = True) -> list[str]:
+    """The sentences of one hospital's effect from a row of
+    :meth:`analysis.pooling.EmpiricalBayesResult.summary` (``log_scale=True``: the log-scale
+    table, exponentiated here; ``False``: the table is already on the ratio scale): the
+    partially pooled primary sentence and the labelled unpooled secondary one, or the
+    too-little-information sentence (and nothing numeric) when the hospital has no own
+    estimate."""
+    status = str(row["status"])
+    if status == "too little information":
+        return [too_few_sentence(m)]
+    if status != "ok":
+        return [not_estimable_sentence(m)]
+    tr = math.exp if log_scale else (lambda v: v)
+    own = "yi" if "yi" in row else "own_estimate"
+    out = [effect_sentence(tr(row["estimate"]), tr(row["lower"]), tr(row["upper"]), m,
+                           kind="pooled", level=level, subject="At this hospital")]
+    out.append(effect_sentence(tr(row[own]), tr(row["own_lower"]), tr(row["own_upper"]), m,
+                               kind="unpooled", level=level))
+    return out
+
+
 __all__ = [
     "BUNDLE",
     "KINDS",
@@ -347,5 +368,6 @@ __all__ = [
     "funnel_sentence",
     "interval_text",
     "not_estimable_sentence",
+    "site_sentences",
     "too_few_sentence",
 ]

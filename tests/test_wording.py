@@ -220,3 +220,21 @@ def test_measure_words_validation():
         w.MeasureWords("  ")
     assert w.MORTALITY_30D.null == 1.0 and MIN.null == 0.0
     assert math.isclose(w.RECOGNITION.null, 1.0)
+
+
+def test_site_sentences_from_a_partially_pooled_table():
+    import numpy as np
+
+    from analysis.pooling import empirical_bayes
+
+    y = np.log([0.7, 0.9, 1.3, 3.16, 0.8, 0.75])
+    v = np.array([0.02, 0.05, 0.08, 1.3, 0.04, 0.06])
+    eb = empirical_bayes(y, v, list("ABCDEF"), estimable=[True] * 5 + [False])
+    rows = eb.summary().set_index("label")
+    d = w.site_sentences(rows.loc["D"], M)
+    # the S48 case: pooled primary first, the wild own estimate labelled, no increase headline
+    assert d[0].startswith("At this hospital, ") and "likely rose" not in d[0]
+    assert d[1].startswith(w.UNPOOLED_LABEL) and "likely" not in d[1]
+    assert w.site_sentences(rows.loc["F"], M) == [w.too_few_sentence(M)]
+    ratio_rows = eb.summary(exp=True).set_index("label")
+    assert w.site_sentences(ratio_rows.loc["D"], M, log_scale=False) == d
