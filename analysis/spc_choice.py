@@ -250,8 +250,9 @@ def attribute_chart(df: pd.DataFrame, x: str, y: str, n: str, *, kind: Literal["
     choice = ChartChoice(chart=chart, months=m, limits=limits, rules=rules,
                          expected_per_point=expected_pp, runs_rules=runs_ok, reason=reason,
                          phi=disp["phi"], dispersion_p=disp["p_value"], mean_n=disp["mean_n"])
-    kwargs = {"part": part, "multiply": multiply, "rules": rules, "detect_shifts": detect_shifts,
-              "point": choice.point, "min_n": min_n}
+    # a shift is located only where a runs rule can fire: not when the limits alone are used
+    kwargs = {"part": part, "multiply": multiply, "rules": rules,
+              "detect_shifts": detect_shifts and runs_ok, "point": choice.point, "min_n": min_n}
     if not use_prime:
         kwargs["limits"] = "exact"
     cc = spc.control_chart(agg, chart, "period", "y", "n", **kwargs)
