@@ -206,7 +206,9 @@ def attribute_chart(df: pd.DataFrame, x: str, y: str, n: str, *, kind: Literal["
 
     `df` has one row per month (x: month as date, period or "YYYY-MM"); rows of the same period
     are summed. Months with a zero denominator are left out (and counted in the notes).
-    ``ControlChart.choice`` records the choice; ``point`` says what a point is."""
+    ``ControlChart.choice`` records the choice; ``point`` says what a point is. For figures
+    that may not show counts of 1 to 10, prefer aggregation further: e.g.
+    ``min_expected=11, periods=(1, 3, 6, 12)`` asks for about 11 events per point."""
     if kind not in ("p", "u"):
         raise ValueError(f"kind must be 'p' or 'u', got {kind!r}")
     spc._check_frame(df, {"x": x, "y": y, "n": n})
