@@ -20,6 +20,12 @@ fixed-effect weights. Prediction interval: ``mu +/- crit * sqrt(SE**2 + tau2)``.
 statsmodels' ``combine_effects`` covers DL and PM but not REML, Knapp-Hartung or prediction
 intervals, hence this module (validated against metafor's BCG example in
 ``tests/test_pooling.py``).
+
+:func:`empirical_bayes` gives each site's partially pooled effect (the BLUP, shrunk toward the
+collaborative mean) with an interval that integrates the uncertainty in tau^2 and mu (posterior
+over tau^2 on a grid, flat priors on mu and tau^2; Morris 1983), validated against Raudenbush &
+Bryk (1985) / ``metafor::blup`` and by simulated coverage. :data:`TOO_LITTLE_INFORMATION_RULE`
+names when a site's own effect is not estimated.
 """
 
 from __future__ import annotations
