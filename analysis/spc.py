@@ -392,6 +392,10 @@ class ControlChart:
         elif d["x"].dtype == object:
             ax.set_xticks(xs)
             ax.set_xticklabels([str(v) for v in d["x"]], rotation=90, fontsize=7)
+        if self.chart == "median":  # limits of small subgroups are very wide: keep the points legible
+            top = max(float(np.nanmax(d["y"])) * 1.15, float(np.nanquantile(d["ucl"], 0.9)) * 1.05)
+            if np.isfinite(top) and top < float(np.nanmax(d["ucl"])):
+                ax.set_ylim(top=top)
         ax.set_title(title if title is not None else f"{self.chart_name} of {self._ylab()}",
                      fontsize=9 if compact else None)
         if not compact:
@@ -1211,7 +1215,7 @@ def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = No
         detected_breaks=[agg["x"].iloc[b] for b in breaks],
         notes=notes,
         detected_shifts=[agg["x"].iloc[b] for b in marked],
-        limits=limits,
+        limits="exact" if chart == "median" else limits,
         scale="log" if log else "linear",
         point=point,
     )
