@@ -16,6 +16,9 @@ SCRIPTS = [
     ["bench_render.py"],
     ["bench_its_truth.py", "--replicates", "500", "--jobs", "2"],
     ["bench_its_truth.py", "--replicates", "100", "--jobs", "2", "--scenario", "null"],
+    ["bench_funnel_null.py"],
+    ["bench_spc_null.py", "--runs", "1000"],
+    ["bench_eb_coverage.py"],
 ]
 
 
