@@ -256,8 +256,8 @@ def _coverage(tau: float, reps: int, seed: int, interval: str = "posterior", k: 
 
 
 def test_posterior_intervals_cover_true_site_effects():
-    # 57 sites with the simulator's between-site SD (0.25): nominal 95% on average (95.0% in a
-    # 400-run study). Monte Carlo SE of the average with 120 x 57 intervals: about 0.4 points.
+    # 57 sites with the simulator's between-site SD (0.25): nominal 95% on average (95.0% in the
+    # 1,000-run benchmark). Monte Carlo SE of the average with 120 x 57 intervals: about 0.4 points.
     assert 0.93 <= _coverage(0.25, 120, seed=11) <= 0.97
     # a small between-site SD is badly determined: plug-in BLUP intervals under-cover (about
     # 81%), the posterior over tau^2 does not (conservative: about 98%)

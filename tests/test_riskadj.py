@@ -259,7 +259,7 @@ def test_funnel_null_false_flags_fast():
         e = np.clip(np.exp(rng.normal(np.log(14), 0.5, 57)), 4, 37) * 36 * 0.032
         f = ra.funnel_from_counts(units, rng.poisson(0.79 * e), e)
         any_flag += f.n_flagged > 0
-    # benchmark (2,000 runs): 9.3%; the bound of the issue is 15%, 300 runs give SE ~1.7 points
+    # benchmark (4,000 runs): 9.0%; the bound of the issue is 15%, 300 runs give SE ~1.7 points
     assert any_flag / runs <= 0.15
 
 

@@ -335,7 +335,7 @@ def _bench():
 def test_null_false_alarms_fast(volume):
     res = _bench().run_volume(volume, runs=40, seed=2000 + volume, which=("new",))
     res = res.set_index("chart")
-    # benchmark (1,000 runs): mortality charts <= 3%; target <= 10% (40 runs: SE <= 5 points)
+    # benchmark (1,000 runs): mortality charts <= 1%; target <= 10% (40 runs: SE <= 5 points)
     assert (res.loc[["sam30", "sam3"], "signal_rate"] <= 0.15).all()
     # excess over normal data of the same length: target <= 5 points; 40 runs: SE ~ 9 points
     excess = res["signal_rate"] - res["normal_rate"]
