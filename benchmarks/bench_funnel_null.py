@@ -42,46 +42,43 @@ def expected_deaths(rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.exp(rng.normal(np.log(14), 0.5, K)), 4, 37) * 36 * 0.032
 
 
+def _tally(pairs: list) -> dict:
+    """Flag statistics of (new settings, old settings) funnel pairs, one pair per run."""
+    runs = len(pairs)
+    return {"runs": runs,
+            "any": sum(f.n_flagged > 0 for f, _ in pairs) / runs,
+            "per_run": sum(f.n_flagged for f, _ in pairs) / runs,
+            "adjusted": sum(f.adjusted for f, _ in pairs) / runs,
+            "old_any": sum(g.n_flagged > 0 for _, g in pairs) / runs,
+            "old_per_run": sum(g.n_flagged for _, g in pairs) / runs,
+            "target": float(np.mean([f.target for f, _ in pairs]))}
+
+
 def poisson_null(runs: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    new_any = new_n = old_any = old_n = adj = 0
+    pairs = []
     for _ in range(runs):
         e = expected_deaths(rng)
         o = rng.poisson(0.79 * e)
-        f = ra.funnel_from_counts(UNITS, o, e)
-        g = ra.funnel_from_counts(UNITS, o, e, target=1.0, overdispersion_adjust=True)
-        new_any += f.n_flagged > 0
-        new_n += f.n_flagged
-        adj += f.adjusted
-        old_any += g.n_flagged > 0
-        old_n += g.n_flagged
-    return {"runs": runs, "any": new_any / runs, "per_run": new_n / runs, "adjusted": adj / runs,
-            "old_any": old_any / runs, "old_per_run": old_n / runs}
+        pairs.append((ra.funnel_from_counts(UNITS, o, e),
+                      ra.funnel_from_counts(UNITS, o, e, target=1.0, overdispersion_adjust=True)))
+    return _tally(pairs)
 
 
 def simulator_null(runs: int, seed0: int) -> dict:
     from analysis.derive import attach_sites, derive_episodes
     from analysis.simulate import simulate_collaborative
 
-    new_any = new_n = old_n = old_any = adj = 0
-    targets = []
+    pairs = []
     for r in range(runs):
         sim = simulate_collaborative(sites=K, months=84, seed=seed0 + r,
                                      true_effects={"site_effect_sd": 0.0})
         ep = attach_sites(derive_episodes(sim.episodes), sim.sites)
         model = ra.fit_casemix_model(ep, "sam30", unseen="reference")
         post = ep[ep["post"]]
-        f = ra.funnel_data(post, model, period="after go-live")
-        g = ra.funnel_data(post, model, target=1.0, overdispersion_adjust=True)
-        targets.append(f.target)
-        new_any += f.n_flagged > 0
-        new_n += f.n_flagged
-        adj += f.adjusted
-        old_any += g.n_flagged > 0
-        old_n += g.n_flagged
-    return {"runs": runs, "any": new_any / runs, "per_run": new_n / runs, "adjusted": adj / runs,
-            "old_any": old_any / runs, "old_per_run": old_n / runs,
-            "target": float(np.mean(targets))}
+        pairs.append((ra.funnel_data(post, model, period="after go-live"),
+                      ra.funnel_data(post, model, target=1.0, overdispersion_adjust=True)))
+    return _tally(pairs)
 
 
 def power(runs: int, seed: int, background_sd: float) -> dict:
