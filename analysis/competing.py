@@ -460,20 +460,86 @@ class LOSCompetingResult:
     def summary(self) -> pd.DataFrame:
         return self.tests.copy()
 
-    def plot(self, ax=None, horizon: float | None = 30.0):
-        from .plotting import PALETTE, new_axes
+    def plot(self, ax=None, horizon: float | None = 30.0, *, bands: bool = True,
+             min_cell: int = 11):
+        """Cumulative incidence of discharge alive and of in-hospital death by period, with
+        pointwise confidence bands (``bands``), in two panels side by side so that each y-axis
+        is scaled to its own curves (deaths are a few percent, discharges reach 100%). Each
+        panel's legend gives the episodes per period (counts below `min_cell` suppressed);
+        the figure caption names the estimator and Gray's tests.
 
-        ax = new_axes(ax)
-        for (outcome, period), g in self.cif.groupby(["outcome", "group"], sort=True):
-            g = g if horizon is None else g[g["time"] <= horizon]
-            colour = PALETTE["post"] if period == "post" else PALETTE["pre"]
-            ax.step(g["time"], g["estimate"], where="post", color=colour,
-                    ls="-" if outcome == "discharge" else "--", label=f"{outcome}, {period}")
-        ax.set_xlabel("Days from T0")
-        ax.set_ylabel("Cumulative incidence")
-        ax.set_title("Discharge alive and in-hospital death (competing risks)")
-        ax.legend()
-        return ax
+        Returns the Figure; with ``ax`` (a pair of Axes, or one Axes for the older single-panel
+        drawing of both outcomes) draws there and returns that Figure."""
+        import matplotlib.pyplot as plt
+
+        from .plotting import PALETTE, set_theme
+
+        set_theme()
+        single = ax is not None and not isinstance(ax, (list, tuple, np.ndarray))
+        if single:
+            axes = [ax, ax]
+            fig = ax.get_figure()
+        elif ax is not None:
+            axes = list(np.ravel(ax))
+            fig = axes[0].get_figure()
+        else:
+            fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.2))
+            axes = list(axes)
+        outcomes = (("discharge", "Discharged alive"), ("death", "Died in hospital"))
+        for (outcome, label), a in zip(outcomes, axes):
+            d = self.cif[self.cif["outcome"] == outcome]
+            if horizon is not None:
+                d = d[d["time"] <= horizon]
+            top = 0.0
+            for period, g in d.groupby("group", sort=True):
+                colour = PALETTE["post"] if period == "post" else PALETTE["pre"]
+                g = g.sort_values("time")
+                t = np.r_[0.0, g["time"].to_numpy(float)]
+                est = 100 * np.r_[0.0, g["estimate"].to_numpy(float)]
+                n0 = g["at_risk"].iloc[0] if "at_risk" in g and len(g) else None
+                word = "after go-live" if period == "post" else (
+                    "before go-live" if period == "pre" else str(period))
+                lab = word if n0 is None else (
+                    f"{word} ({_episodes_text(n0, min_cell)} episodes)")
+                a.step(t, est, where="post", color=colour, lw=1.5,
+                       ls="-" if (outcome == "discharge" or not single) else "--",
+                       label=lab if not single else f"{outcome}, {word}")
+                if bands:
+                    lo = 100 * np.r_[0.0, g["ci_lower"].to_numpy(float)]
+                    hi = 100 * np.r_[0.0, g["ci_upper"].to_numpy(float)]
+                    a.fill_between(t, lo, hi, step="post", color=colour, alpha=0.18, lw=0)
+                    top = max(top, float(np.nanmax(hi)))
+                top = max(top, float(np.nanmax(est)))
+            if not single:
+                a.set_title(label, fontsize=10)
+                a.set_ylim(0, min(100.0, max(top * 1.15, 1.0)))
+                a.set_xlabel("Days from T0")
+                a.legend(fontsize=7, loc="lower right" if outcome == "discharge" else "upper left")
+        axes[0].set_ylabel("Cumulative incidence (%)")
+        if single:
+            ax.set_xlabel("Days from T0")
+            ax.set_title("Discharge alive and in-hospital death (competing risks)")
+            ax.legend(fontsize=7)
+            return ax
+        fig.text(0.01, 0.0, self.caption(), fontsize=6.5, color="dimgray", va="top", ha="left",
+                 wrap=True)
+        fig.tight_layout()
+        return fig
+
+    def caption(self) -> str:
+        """What the figure shows: estimator, bands, competing events and Gray's tests."""
+        text = ("Aalen-Johansen cumulative incidence by period with 95% pointwise confidence bands; "
+                "death and live discharge are competing events (neither censors the other).")
+        ok = self.tests[self.tests["status"] == "ok"] if "status" in self.tests else self.tests
+        for _, r in ok.iterrows():
+            text += f" Gray's test, {r['outcome']}: p = {r['p']:.2g}."
+        return text
+
+
+def _episodes_text(n, min_cell: int) -> str:
+    from .privacy import suppress_count
+
+    return suppress_count(int(n), min_cell=min_cell, marker=f"fewer than {min_cell}")
 
 
 def los_competing_risks(episodes: pd.DataFrame, *, time_col: str = "days_t0_to_discharge",

@@ -301,7 +301,7 @@ def site_spc_section(run: rp.RunData, shared: SharedFits, site_id: str) -> None:
         _guarded(run, what, lambda col=col, times=times, treatment=treatment, with_it=with_it:
                  show_figure(_fig_from(spc.xbar_chart(times, "month", col, detect_shifts=True).plot(
                      title=f"Minutes from T0 to first {treatment} (monthly mean)", ylabel="minutes")),
-                     "Xbar chart; a sustained shift found by the runs rules starts new limits. "
+                     "Xbar chart; a sustained shift found by the runs rules is marked as a signal. "
                      f"Episodes with {with_it}: {rp.count_text(len(times), run.min_cell)}."))
     for w in run.settings.sam_windows_days:
         _guarded(run, f"{w}-day mortality chart", lambda w=w: show_figure(_fig_from(
@@ -445,7 +445,7 @@ def collaborative_spc_section(run: rp.RunData, shared: SharedFits) -> None:
         spc.pp_chart(coll, "month", "bundle_compliant", "episodes", detect_shifts=True,
                      multiply=100).plot(title="Bundle compliance, all hospitals (%)",
                                         ylabel="% of episodes")),
-        "Laney p' chart; sustained shifts start new limits. Hospitals went live in waves."))
+        "Laney p' chart; sustained shifts are marked as signals. Hospitals went live in waves."))
     sm = shared.get("site_months")
     if isinstance(sm, rp.NotEstimable):
         rp.show(sm)

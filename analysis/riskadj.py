@@ -9,10 +9,14 @@ Workflow
 2. :func:`observed_expected` sums observed and expected deaths per group (site, period, ...) and
    gives the O/E ratio with exact Poisson (Garwood) and Byar confidence intervals and the
    risk-adjusted rate (O/E x overall crude rate, deaths per 100 episodes).
-3. :func:`funnel_data` / :func:`funnel_plot`: funnel plot of site O/E against expected deaths with
-   exact Poisson 95% and 99.8% limits (Spiegelhalter 2005, Stat Med 24:1185, appendix A.1.1) and the
-   additive random-effects over-dispersion adjustment (Spiegelhalter 2005 section 6; Spiegelhalter
-   et al. 2012, JRSS-A 175:1): winsorised z-scores, phi, DerSimonian-Laird tau^2.
+3. :func:`funnel_data` / :func:`funnel_plot`: funnel plot of site O/E against expected deaths in
+   a stated period, centred on that period's collaborative O/E (not 1), with exact Poisson 95%
+   and 99.8% limits (Spiegelhalter 2005, Stat Med 24:1185, appendix A.1.1); limits widened by the
+   additive random-effects over-dispersion adjustment (Spiegelhalter 2005 section 6;
+   Spiegelhalter et al. 2012, JRSS-A 175:1: winsorised z-scores, phi, DerSimonian-Laird tau^2)
+   only when the over-dispersion test says so; a hospital is flagged only outside 99.8%, and the
+   result says how many flags chance alone would give. The plot is drawn from ratios and rounded
+   expected deaths (:class:`FunnelPlotData`), never from observed counts.
 4. :func:`oe_over_time`: O/E by quarter (or month) for one site and the collaborative.
 
 Units: probabilities are per episode; rates are deaths per 100 episodes; expected deaths are counts.
@@ -459,12 +463,14 @@ def poisson_funnel_limit(expected: np.ndarray | float, p: float, target: float =
 def overdispersion(
     z: np.ndarray, s: np.ndarray, winsor: float = 0.1
 ) -> dict[str, float]:
-    """Spiegelhalter (2005, section 6) additive random-effects over-dispersion estimate.
+    """Spiegelhalter (2005, section 6) over-dispersion estimate and test.
 
     z-scores are winsorised at the `winsor` and 1 - `winsor` quantiles (linear interpolation,
-    numpy/R type 7); phi = mean(z_w^2); with weights w = 1/s^2,
+    numpy/R type 7); phi = mean(z_w^2) (multiplicative over-dispersion factor); with weights
+    w = 1/s^2, the additive random-effects variance (DerSimonian-Laird form)
     tau^2 = (n phi - (n - 1)) / (sum w - sum w^2 / sum w) if n phi > n - 1, else 0.
-    Returns n, phi, tau2, the chi-square test of phi (n phi on n - 1 df) p-value.
+    Test of no over-dispersion: n phi against chi-square on n - 1 df (the target is estimated
+    from the same units); ``p_value`` is its upper tail.
     """
     z = np.asarray(z, dtype=float)
     s = np.asarray(s, dtype=float)
@@ -483,22 +489,35 @@ def overdispersion(
             "winsor_lower": float(lo), "winsor_upper": float(hi)}
 
 
+# transform g of O/E, its inverse, and the SE of g(O/E) for O ~ Poisson(target E)
 _SCALES = {
-    # transform g, inverse, standard error of g(O/E) under the null (target 1) given E
-    "sqrt": (np.sqrt, np.square, lambda e: 1 / (2 * np.sqrt(e))),
-    "identity": (lambda x: x, lambda x: x, lambda e: 1 / np.sqrt(e)),
+    "sqrt": (np.sqrt, np.square, lambda e, t: 1 / (2 * np.sqrt(e))),
+    "identity": (lambda x: x, lambda x: x, lambda e, t: np.sqrt(t / e)),
 }
+
+#: How the over-dispersion adjustment is chosen (see :func:`funnel_from_counts`).
+OD_RULE = ("over-dispersion test (Spiegelhalter 2005): winsorised (10%) z-scores on the square-root "
+           "scale, n * phi against chi-square on n - 1 df; limits are widened by the additive "
+           "random-effects variance tau^2 (DerSimonian-Laird) only when p < 0.05")
 
 
 @dataclass
 class Funnel:
-    """Funnel-plot data for sites' O/E against expected deaths.
+    """Funnel-plot data: units' O/E against expected deaths around a target ratio.
 
-    ``data`` columns: site (label), observed, expected, oe, lower95/upper95 and lower998/upper998
-    (exact Poisson limits at the site's expected), z (on `scale`), and if over-dispersion is
-    estimated and tau2 > 0: od_lower95/od_upper95/od_lower998/od_upper998 and z_od. Flags
-    ``outlier95``/``outlier998`` are "high", "low" or "" against the limits in use (OD-adjusted
-    if ``adjusted``).
+    ``data`` columns: site (label), observed, expected, oe, ratio_to_target (O/E / target),
+    lower95/upper95 and lower998/upper998 (exact Poisson limits around the target at the unit's
+    expected), z (on `scale`), and when the limits are adjusted for over-dispersion
+    od_lower95/od_upper95/od_lower998/od_upper998 and z_od. ``flag`` is "high", "low" or ""
+    against the outer (99.8%) limits in use (over-dispersion-adjusted if ``adjusted``): a unit is
+    flagged only outside them. ``outlier95``/``outlier998`` hold the same test at each level
+    (``outlier998`` equals ``flag``); outside 95% alone is never a flag.
+
+    ``target``: the centre (by default the collaborative's O/E in the same period, sum O / sum
+    E); ``phi``/``tau2``: multiplicative and additive over-dispersion estimates; ``od_p``: the
+    over-dispersion test's p-value; ``adjusted``: whether the limits are widened; ``od_model``:
+    "additive" or "multiplicative"; ``expected_flags``: units expected outside the outer limits
+    by chance alone (n x (1 - level_outer)).
     """
 
     data: pd.DataFrame
@@ -510,76 +529,216 @@ class Funnel:
     level_inner: float = 0.95
     level_outer: float = 0.998
     highlight: str | None = None
+    target: float = 1.0
+    target_kind: str = "fixed"
+    od_model: str = "additive"
+    od_rule: str = OD_RULE
+    period: str | None = None
+
+    @property
+    def n_units(self) -> int:
+        return len(self.data)
+
+    @property
+    def expected_flags(self) -> float:
+        """Units expected outside the outer limits by chance alone (no true differences)."""
+        return self.n_units * (1 - self.level_outer)
+
+    @property
+    def n_flagged(self) -> int:
+        return int((self.data["flag"] != "").sum())
 
     def summary(self) -> pd.DataFrame:
         return self.data.copy()
 
     def limits_curve(self, expected: np.ndarray) -> pd.DataFrame:
-        """Limits on a grid of expected deaths (for drawing the funnel)."""
-        e = np.asarray(expected, dtype=float)
-        out = pd.DataFrame({"expected": e})
-        for lv, tag in ((self.level_inner, "95"), (self.level_outer, "998")):
-            a = (1 - lv) / 2
-            out[f"lower{tag}"] = poisson_funnel_limit(e, a)
-            out[f"upper{tag}"] = poisson_funnel_limit(e, 1 - a)
-            if self.adjusted:
-                out[f"od_lower{tag}"], out[f"od_upper{tag}"] = _od_limits(e, lv, self.tau2, self.scale)
-        return out
+        """Limits in use (and the exact Poisson ones) on a grid of expected deaths."""
+        return _limits_frame(np.asarray(expected, dtype=float), self.target, self.adjusted,
+                             self.od_model, self.tau2, self.phi, self.scale,
+                             (self.level_inner, self.level_outer))
 
-    def plot(self, ax=None, highlight: str | None = None, label_outliers: bool = True):
-        return funnel_plot(self, ax=ax, highlight=highlight, label_outliers=label_outliers)
+    def plot_data(self, x_step: float | None = 5.0, ratio_decimals: int = 2) -> FunnelPlotData:
+        """What a funnel plot needs, without observed counts: each unit's O/E (rounded to
+        `ratio_decimals`), its expected deaths rounded to the nearest `x_step` (at least
+        `x_step`; ``None`` keeps them exact, for internal use only) and its flag. Observed counts
+        cannot be recovered exactly from a rounded ratio times a rounded expected count; the
+        limit curves depend only on expected deaths and the target. Flags come from the exact
+        data, so a point close to a limit may sit slightly on the other side of the drawn curve."""
+        d = self.data
+        x = d["expected"].to_numpy(float)
+        if x_step is not None:
+            if not x_step > 0:
+                raise ValueError(f"x_step must be positive, got {x_step!r}")
+            x = np.maximum(np.round(x / x_step) * x_step, x_step)
+        pts = pd.DataFrame({"label": d["site"].astype(str).to_numpy(),
+                            "ratio": np.round(d["oe"].to_numpy(float), ratio_decimals),
+                            "x": x, "flag": d["flag"].to_numpy()})
+        return FunnelPlotData(points=pts, target=self.target, target_kind=self.target_kind,
+                              adjusted=self.adjusted, od_model=self.od_model, tau2=self.tau2,
+                              phi=self.phi, scale=self.scale,
+                              levels=(self.level_inner, self.level_outer), x_step=x_step,
+                              period=self.period)
+
+    def caption(self) -> str:
+        return self.plot_data().caption()
+
+    def plot(self, ax=None, highlight: str | None = None, label_outliers: bool = True,
+             x_step: float | None = 5.0):
+        return funnel_plot(self, ax=ax, highlight=highlight, label_outliers=label_outliers,
+                           x_step=x_step)
 
 
-def _od_limits(e: np.ndarray, level: float, tau2: float, scale: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class FunnelPlotData:
+    """A drawable funnel without counts: ``points`` (label, ratio = O/E, x = expected deaths
+    rounded, flag) and the parameters of the limit curves. Build it with
+    :meth:`Funnel.plot_data`, or from suppressed aggregates (ratios, rounded expected deaths and
+    flags computed upstream) with the same columns."""
+
+    points: pd.DataFrame
+    target: float
+    adjusted: bool
+    tau2: float
+    phi: float
+    scale: str = "sqrt"
+    od_model: str = "additive"
+    levels: tuple[float, float] = (0.95, 0.998)
+    x_step: float | None = 5.0
+    target_kind: str = "collaborative"
+    period: str | None = None
+
+    def __post_init__(self):
+        need = {"label", "ratio", "x", "flag"}
+        if not need <= set(self.points.columns):
+            raise ValueError(f"points need columns {sorted(need)}")
+        if not (np.isfinite(self.target) and self.target > 0):
+            raise ValueError(f"target must be a positive ratio, got {self.target!r}")
+
+    def limits_curve(self, expected: np.ndarray) -> pd.DataFrame:
+        return _limits_frame(np.asarray(expected, dtype=float), self.target, self.adjusted,
+                             self.od_model, self.tau2, self.phi, self.scale, self.levels)
+
+    def caption(self) -> str:
+        """What a point is, the centre, the over-dispersion decision and the flags expected by
+        chance alone."""
+        n = len(self.points)
+        centre = "collaborative" if self.target_kind == "collaborative" else "target"
+        od = (f"Limits widened for over-dispersion ({self.od_model}, tau\u00b2 = {self.tau2:.3g})"
+              if self.adjusted else "No over-dispersion adjustment (test not significant)")
+        return (f"Each point is one hospital. Centre: the {centre}'s O/E = {self.target:.2f}. {od}. "
+                f"A hospital is flagged only outside the {self.levels[1] * 100:g}% limits; with {n} "
+                f"hospitals, about {n * (1 - self.levels[1]):.1f} would fall outside them by "
+                "chance alone.")
+
+
+def _od_limits(e: np.ndarray, level: float, target: float, tau2: float, phi: float, scale: str,
+               model: str) -> tuple[np.ndarray, np.ndarray]:
     g, ginv, se = _SCALES[scale]
     z = _z(level)
-    sd = np.sqrt(se(e) ** 2 + tau2)
-    lo = g(1.0) - z * sd
+    s = se(e, target)
+    sd = np.sqrt(s**2 + tau2) if model == "additive" else np.sqrt(max(phi, 1.0)) * s
+    lo = g(target) - z * sd
     if scale == "sqrt":
         lo = np.maximum(lo, 0.0)
-    return ginv(lo), ginv(g(1.0) + z * sd)
+    return np.maximum(ginv(lo), 0.0), ginv(g(target) + z * sd)
+
+
+def _limits_frame(e, target, adjusted, model, tau2, phi, scale, levels) -> pd.DataFrame:
+    out = pd.DataFrame({"expected": e})
+    for lv, tag in zip(levels, ("95", "998")):
+        a = (1 - lv) / 2
+        out[f"lower{tag}"] = poisson_funnel_limit(e, a, target)
+        out[f"upper{tag}"] = poisson_funnel_limit(e, 1 - a, target)
+        if adjusted:
+            out[f"od_lower{tag}"], out[f"od_upper{tag}"] = _od_limits(e, lv, target, tau2, phi,
+                                                                      scale, model)
+    return out
 
 
 def funnel_from_counts(
     units: Sequence, observed: Sequence[float], expected: Sequence[float], *,
-    overdispersion_adjust: bool = True, winsor: float = 0.1, scale: Literal["sqrt", "identity"] = "sqrt",
+    target: Literal["collaborative"] | float = "collaborative",
+    overdispersion_adjust: Literal["test"] | bool = "test",
+    od_model: Literal["additive", "multiplicative"] = "additive",
+    od_alpha: float = 0.05,
+    winsor: float = 0.1, scale: Literal["sqrt", "identity"] = "sqrt",
     levels: tuple[float, float] = (0.95, 0.998),
+    period: str | None = None,
 ) -> Funnel:
-    """Funnel data from per-unit observed and expected counts (target O/E = 1).
+    """Funnel data from per-unit observed and expected counts in one stated period.
 
-    `scale` is the scale of the z-scores and over-dispersion model: ``"sqrt"`` (square-root of O/E,
-    s = 1 / (2 sqrt E); Spiegelhalter et al. 2012) or ``"identity"`` (O/E, s = 1 / sqrt E;
-    Spiegelhalter 2005). Unadjusted limits are always exact Poisson limits.
+    Centre (`target`): ``"collaborative"`` (default) is the units' pooled ratio sum O / sum E in
+    the same period, so that after go-live a hospital is compared with its peers rather than with
+    pre-IPSO expectations; a number (e.g. 1.0, the old behaviour) fixes it. Limits: exact Poisson
+    limits for O ~ Poisson(target x E) at 95% and 99.8% (Spiegelhalter 2005, appendix A.1.1);
+    a unit is flagged only outside the 99.8% limits.
+
+    Over-dispersion (Spiegelhalter 2005 section 6; Spiegelhalter et al. 2012): z-scores on
+    `scale` (``"sqrt"``: sqrt(O/E), SE 1/(2 sqrt E); ``"identity"``: O/E, SE sqrt(target/E)) are
+    winsorised at `winsor`, phi = mean(z^2) and the DerSimonian-Laird tau^2 estimated.
+    ``overdispersion_adjust="test"`` (default, :data:`OD_RULE`) widens the limits only when the
+    chi-square test of n phi on n - 1 df has p < `od_alpha`; ``True`` widens them whenever the
+    estimate exceeds its null value (tau^2 > 0, phi > 1); ``False`` never. ``od_model``:
+    ``"additive"`` random effects (limits g(target) +/- z sqrt(s^2 + tau^2), the recommended
+    default for units of different sizes) or ``"multiplicative"`` (g(target) +/- z sqrt(phi) s).
     """
     if scale not in _SCALES:
         raise ValueError(f"scale must be one of {sorted(_SCALES)} (got {scale!r})")
+    if od_model not in ("additive", "multiplicative"):
+        raise ValueError(f"od_model must be 'additive' or 'multiplicative' (got {od_model!r})")
+    if overdispersion_adjust not in ("test", True, False):
+        raise ValueError(f"overdispersion_adjust must be 'test', True or False (got {overdispersion_adjust!r})")
+    if not 0 < od_alpha < 1:
+        raise ValueError(f"od_alpha must be between 0 and 1 (got {od_alpha!r})")
     o, e = _check_oe(observed, expected)
     df = pd.DataFrame({"site": list(units), "observed": o, "expected": e})
     if df["site"].duplicated().any():
         raise ValueError("unit labels must be unique in a funnel plot")
+    if isinstance(target, str):
+        if target != "collaborative":
+            raise ValueError(f"target must be 'collaborative' or a positive number (got {target!r})")
+        theta, kind = float(o.sum() / e.sum()), "collaborative"
+        if theta == 0:
+            raise ValueError("no observed events in any unit: the collaborative ratio is 0")
+    else:
+        theta, kind = float(target), "fixed"
+        if not (np.isfinite(theta) and theta > 0):
+            raise ValueError(f"target must be a positive ratio (got {target!r})")
     df["oe"] = o / e
-    for lv, tag in ((levels[0], "95"), (levels[1], "998")):
-        a = (1 - lv) / 2
-        df[f"lower{tag}"] = poisson_funnel_limit(e, a)
-        df[f"upper{tag}"] = poisson_funnel_limit(e, 1 - a)
+    df["ratio_to_target"] = df["oe"] / theta
+    lim = _limits_frame(e, theta, False, od_model, 0.0, 1.0, scale, levels)
+    for c in ("lower95", "upper95", "lower998", "upper998"):
+        df[c] = lim[c].to_numpy()
     g, _, se = _SCALES[scale]
-    s = se(e)
-    df["z"] = (g(df["oe"].to_numpy()) - g(1.0)) / s
+    s = se(e, theta)
+    df["z"] = (g(df["oe"].to_numpy()) - g(theta)) / s
     phi, tau2, p_od = np.nan, 0.0, np.nan
-    if overdispersion_adjust:
+    if len(df) >= 3:
         od = overdispersion(df["z"].to_numpy(), s, winsor)
         phi, tau2, p_od = od["phi"], od["tau2"], od["p_value"]
-    adjusted = overdispersion_adjust and tau2 > 0
+    if overdispersion_adjust == "test":
+        adjusted = bool(np.isfinite(p_od) and p_od < od_alpha)
+    else:
+        adjusted = bool(overdispersion_adjust) and (tau2 > 0 if od_model == "additive" else phi > 1)
     if adjusted:
-        for lv, tag in ((levels[0], "95"), (levels[1], "998")):
-            df[f"od_lower{tag}"], df[f"od_upper{tag}"] = _od_limits(e, lv, tau2, scale)
-        df["z_od"] = (g(df["oe"].to_numpy()) - g(1.0)) / np.sqrt(s**2 + tau2)
+        lim = _limits_frame(e, theta, True, od_model, tau2, phi, scale, levels)
+        for c in ("od_lower95", "od_upper95", "od_lower998", "od_upper998"):
+            df[c] = lim[c].to_numpy()
+        sd = np.sqrt(s**2 + tau2) if od_model == "additive" else np.sqrt(phi) * s
+        df["z_od"] = (g(df["oe"].to_numpy()) - g(theta)) / sd
     pre = "od_" if adjusted else ""
     for tag in ("95", "998"):
         df[f"outlier{tag}"] = np.select(
             [df["oe"] > df[f"{pre}upper{tag}"], df["oe"] < df[f"{pre}lower{tag}"]], ["high", "low"], ""
         )
-    return Funnel(df, phi, tau2, p_od, adjusted, scale, levels[0], levels[1])
+    df["flag"] = df["outlier998"]
+    rule = OD_RULE if overdispersion_adjust == "test" else (
+        "limits widened whenever the over-dispersion estimate exceeds its null value"
+        if overdispersion_adjust else "no over-dispersion adjustment")
+    if overdispersion_adjust == "test" and od_alpha != 0.05:
+        rule = rule.replace("p < 0.05", f"p < {od_alpha:g}")
+    return Funnel(df, phi, tau2, p_od, adjusted, scale, levels[0], levels[1], target=theta,
+                  target_kind=kind, od_model=od_model, od_rule=rule, period=period)
 
 
 def funnel_data(
@@ -588,11 +747,12 @@ def funnel_data(
     *,
     site: str = "site_id",
     labels: dict | None = None,
-    overdispersion_adjust: bool = True,
-    winsor: float = 0.1,
-    scale: Literal["sqrt", "identity"] = "sqrt",
+    period: str | None = None,
+    **kwargs,
 ) -> Funnel:
-    """Funnel data of site O/E (all `episodes` passed; filter the period first).
+    """Funnel data of site O/E (all `episodes` passed; filter the period first and name it in
+    `period`, e.g. "after go-live"). Other keyword arguments go to :func:`funnel_from_counts`
+    (``target``, ``overdispersion_adjust``, ``od_model``, ``winsor``, ``scale`` ...).
 
     `labels` maps site ids to the labels shown (e.g. pseudonyms); sites without a label raise
     ``ValueError`` so real identifiers are never shown by accident.
@@ -604,42 +764,68 @@ def funnel_data(
         if unlabelled:
             raise ValueError(f"no label supplied for sites {unlabelled}")
         units = units.map(labels)
-    return funnel_from_counts(units, oe["observed"], oe["expected"],
-                              overdispersion_adjust=overdispersion_adjust, winsor=winsor, scale=scale)
+    return funnel_from_counts(units, oe["observed"], oe["expected"], period=period, **kwargs)
 
 
-def funnel_plot(funnel: Funnel, *, ax=None, highlight: str | None = None, label_outliers: bool = True):
-    """Draw the funnel: O/E against expected deaths with 95% / 99.8% limits. Returns Axes."""
-    ax = new_axes(ax)
-    d = funnel.data
-    e_max = d["expected"].max() * 1.1
-    grid = np.linspace(max(d["expected"].min() * 0.5, 0.2), e_max, 300)
-    c = funnel.limits_curve(grid)
-    pre = "od_" if funnel.adjusted else ""
-    for tag, ls in (("95", "--"), ("998", "-")):
+def funnel_plot(funnel: Funnel | FunnelPlotData, *, ax=None, highlight: str | None = None,
+                label_outliers: bool = True, x_step: float | None = 5.0):
+    """Draw the funnel: O/E against expected deaths, centred on the target (the collaborative's
+    ratio in the period), with 95% (dashed) and 99.8% (solid) limits. Only flagged units
+    (outside 99.8%) and the highlighted unit are labelled; the caption states the centre, the
+    over-dispersion rule and how many flags chance alone would give. Drawn from
+    :class:`FunnelPlotData` (ratios and rounded expected deaths, no counts): a :class:`Funnel` is
+    converted with ``plot_data(x_step)``. Returns the Axes."""
+    pdata = funnel.plot_data(x_step) if isinstance(funnel, Funnel) else funnel
+    if highlight is None and isinstance(funnel, Funnel):
+        highlight = funnel.highlight
+    ax = new_axes(ax, figsize=(7.5, 4.5))
+    d = pdata.points
+    step = pdata.x_step or 0.0
+    e_max = max(d["x"].max() + step, 1.0) * 1.08
+    grid = np.linspace(max(min(d["x"].min(), 1.0) * 0.5, 0.2), e_max, 300)
+    c = pdata.limits_curve(grid)
+    pre = "od_" if pdata.adjusted else ""
+    for tag, ls, lv in (("95", "--", pdata.levels[0]), ("998", "-", pdata.levels[1])):
         ax.plot(c["expected"], c[f"{pre}lower{tag}"], ls=ls, color=PALETTE["limit"], lw=1)
-        lv = funnel.level_inner if tag == "95" else funnel.level_outer
-        lab = f"{lv * 100:g}% limits"
-        ax.plot(c["expected"], c[f"{pre}upper{tag}"], ls=ls, color=PALETTE["limit"], lw=1, label=lab)
-    ax.axhline(1.0, color=PALETTE["fitted"], lw=1)
-    ax.scatter(d["expected"], d["oe"], color=PALETTE["observed"], s=25, zorder=3)
-    highlight = highlight if highlight is not None else funnel.highlight
+        ax.plot(c["expected"], c[f"{pre}upper{tag}"], ls=ls, color=PALETTE["limit"], lw=1,
+                label=f"{lv * 100:g}% limits")
+    centre = ("collaborative" if pdata.target_kind == "collaborative" else "target")
+    ax.axhline(pdata.target, color=PALETTE["fitted"], lw=1.2,
+               label=f"{centre} O/E = {pdata.target:.2f}")
+    if pdata.target != 1.0:
+        ax.axhline(1.0, color=PALETTE["limit"], lw=0.8, ls=":", label="pre-IPSO expectation (1)")
+    flagged = d["flag"].to_numpy() != ""
+    ax.scatter(d.loc[~flagged, "x"], d.loc[~flagged, "ratio"], color=PALETTE["observed"], s=22,
+               zorder=3, alpha=0.85)
+    if flagged.any():
+        ax.scatter(d.loc[flagged, "x"], d.loc[flagged, "ratio"], color=PALETTE["signal"], s=34,
+                   zorder=3, marker="D", label="outside 99.8% limits")
     if highlight is not None:
-        if highlight not in set(d["site"]):
+        if highlight not in set(d["label"]):
             raise ValueError(f"site to highlight {highlight!r} is not among the funnel's sites")
-        h = d[d["site"] == highlight]
-        ax.scatter(h["expected"], h["oe"], color=PALETTE["highlight"], s=80, zorder=4, label=str(highlight))
+        h = d[d["label"] == highlight]
+        ax.scatter(h["x"], h["ratio"], facecolor="none", edgecolor=PALETTE["highlight"], s=110,
+                   lw=2, zorder=4, label=str(highlight))
     if label_outliers:
-        for _, r in d[d["outlier998"] != ""].iterrows():
-            ax.annotate(str(r["site"]), (r["expected"], r["oe"]), fontsize=8,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("Expected deaths")
-    ax.set_ylabel("Observed / expected")
-    title = "Funnel plot of risk-adjusted mortality"
-    if funnel.adjusted:
-        title += f" (over-dispersion adjusted, tau\u00b2 = {funnel.tau2:.3g})"
+        for _, r in d[flagged].iterrows():
+            ax.annotate(str(r["label"]), (r["x"], r["ratio"]), fontsize=8, xytext=(4, 3),
+                        textcoords="offset points")
+    ymax = float(np.nanmax([d["ratio"].max(), c[f"{pre}upper95"].iloc[len(c) // 10],
+                            pdata.target * 1.5]))
+    ax.set_ylim(0, ymax * 1.08)
+    ax.set_xlim(0, e_max)
+    xl = "Expected deaths (case-mix model)"
+    if pdata.x_step:
+        xl += f", rounded to {pdata.x_step:g}"
+    ax.set_xlabel(xl)
+    ax.set_ylabel("Observed / expected deaths")
+    title = "Risk-adjusted mortality by hospital"
+    if pdata.period:
+        title += f", {pdata.period}"
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.annotate(pdata.caption(), xy=(0, 0), xycoords="axes fraction", xytext=(0, -36),
+                textcoords="offset points", fontsize=7, color="dimgray", va="top", wrap=True)
+    ax.legend(loc="upper right", fontsize=7)
     return ax
 
 

@@ -16,6 +16,7 @@ u_chart        rate                                          events / exposure
 up_chart       Laney u'                                      events / exposure
 c_chart        count                                         events
 g_chart        opportunities between rare events             e.g. episodes between deaths
+median_chart   subgroup medians, distribution-free limits    value per row, x = subgroup
 =============  ============================================  ===========================
 
 R's qicharts2 (Anhøj) is the reference for behaviour and numbers; formulas follow its
@@ -41,8 +42,12 @@ multiply
 rules
     ``"anhoej"`` (default), ``"shewhart"`` or ``"ihi"``; see :mod:`analysis.spc_rules`.
 detect_shifts
-    Off by default. When on, a sustained shift starts a new part, the way QI teams re-base a
-    chart after a confirmed centre-line shift. Starting with the whole series as one part:
+    Off by default. When on, a sustained shift is located and, by default (``shifts="mark"``),
+    shown as a signal: its estimated start is marked on the chart and listed in
+    ``ControlChart.detected_shifts``, while the limits keep the phases given by ``part`` (e.g.
+    split at go-live). ``shifts="new_part"`` instead starts a new part at each detected shift,
+    the way QI teams re-base a chart after a confirmed centre-line shift (the behaviour before
+    marking became the default). Within each part, starting with the whole part:
     (1) compute the part's centre line from all its points; (2) if a run breaks the shift rule
     (Anhøj: more than round(log2 n) + 3 useful points on one side; IHI and Shewhart: 8 or more;
     IHI run charts: 6 or more), estimate where the level changed as the split that minimises the
@@ -51,7 +56,26 @@ detect_shifts
     the split differ in the direction the run implies; (4) the split starts a new part; repeat on
     the new part. Limits are then computed per part as with
     ``part``. The x values where new parts start are in ``ControlChart.detected_breaks``. False
-    alarms occur at about the rate of the runs rules themselves (a few percent per series).
+    alarms occur at about the rate of the runs rules themselves (a few percent per series): a
+    shift is only looked for where a runs rule has fired.
+limits
+    ``"sigma"`` (default): centre +/- 3 sigma (Montgomery; qicharts2). ``"exact"`` (p, u and c
+    charts): probability limits from the binomial / Poisson distribution at the centre line,
+    with the tail probability of 3 sigma (0.00135 on each side): a point is outside when a count
+    at least as extreme has at most that probability. For sparse counts, where 3-sigma limits
+    of skewed discrete data give false alarms, e.g. rare deaths.
+log
+    Xbar and I charts of positive, right-skewed values (minutes to treatment): the chart is
+    computed on log(max(value, ``floor``)) and drawn back on the original scale, so the points
+    are geometric means, the centre line a geometric mean and the limits are never below 0.
+bounds
+    ``(low, high)`` physical bounds of the plotted statistic (before ``multiply``); limits are
+    truncated to them (p charts are always truncated to 0-1, u and c charts at 0).
+min_n, small_n
+    Subgroups with fewer than ``min_n`` units (denominator, or rows for Xbar/S charts) are
+    pooled with the following subgroup of the same part (the last with the preceding one;
+    ``small_n="pool"``, the point is drawn at the first x of the pooled run) or kept but left out
+    of the limits and runs analysis and drawn hollow (``small_n="mark"``).
 
 Degenerate input (empty frame, one subgroup, a zero or missing denominator, counts above the
 denominator, all-zero counts, no variation) raises ``ValueError`` naming the column and value.
@@ -66,6 +90,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from . import spc_rules as R
 
@@ -81,15 +106,22 @@ CHART_NAMES = {
     "up": "U' chart (Laney)",
     "c": "C chart",
     "g": "G chart",
+    "median": "Median chart",
 }
 _NEEDS_N = {"p", "pp", "u", "up"}
 _OPTIONAL_N = {"run", "i", "mr"}
-_NO_N = {"xbar", "s", "c", "g"}
-_SUBGROUPED = {"xbar", "s"}
+_NO_N = {"xbar", "s", "c", "g", "median"}
+_SUBGROUPED = {"xbar", "s", "median"}
 
 # Constants used by qicharts2 (R/helper.functions.R): d2 for n = 2 and D4 for n = 2.
 D2 = 1.128
 D4 = 3.267
+#: Tail probability of 3-sigma limits on each side (normal): exact probability limits use it.
+TAIL_3SIGMA = float(stats.norm.sf(3.0))
+_EXACT = {"p", "u", "c"}
+#: Width of a report page's text block, inches: small multiples wrap to it.
+PAGE_WIDTH: float = 7.5
+_LOG = {"xbar", "i", "run"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +183,14 @@ class ControlChart:
     runs: one row per part with the runs statistics (useful observations, longest run and its
         limit, crossings and their minimum, number of runs and the IHI runs-count limits).
     multiply: display multiplier applied to y, cl, lcl, ucl, sigma.
-    detected_breaks: x values where automatic shift detection started a new part.
+    detected_breaks: x values where automatic shift detection started a new part
+        (``shifts="new_part"``).
+    detected_shifts: x values where a detected sustained shift starts (``shifts="mark"``); the
+        data column ``shift_start`` marks them.
+    limits: "sigma" or "exact" (probability limits); scale: "linear" or "log" (see ``log``).
+    point: what one point is (e.g. "one month", "one quarter"), for captions.
+    choice: how the chart was chosen for the data (:class:`analysis.spc_choice.ChartChoice`),
+        when a chooser built it.
     notes: anything the reader should know (e.g. subgroups of size one on an Xbar chart).
     """
 
@@ -166,6 +205,11 @@ class ControlChart:
     freeze_x: Any = None
     detected_breaks: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    detected_shifts: list = field(default_factory=list)
+    limits: str = "sigma"
+    scale: str = "linear"
+    point: str | None = None
+    choice: Any = None
 
     @property
     def chart_name(self) -> str:
@@ -212,7 +256,40 @@ class ControlChart:
             text += " New parts from automatic shift detection at: " + ", ".join(
                 _fmt_x(b) for b in self.detected_breaks
             ) + "."
+        if self.detected_shifts:
+            text += " Sustained shift detected from: " + ", ".join(
+                _fmt_x(b) for b in self.detected_shifts) + " (a signal; limits keep their phases)."
+        if self.limits == "exact":
+            text += " Limits: exact probability limits (tail probability 0.00135 each side)."
+        if self.point:
+            text += f" Each point is {self.point}."
+        reason = getattr(self.choice, "reason", None)
+        if reason:
+            text += f" Chart choice: {reason}."
+        if self.scale == "log":
+            text += (" Computed on the log scale: points are geometric means, limits never below"
+                     " 0.")
         return text
+
+    def describe_points(self, noun: str = "episodes", *, min_cell: int = 11) -> str:
+        """What a point is and its n, for a caption: "Each point is one quarter; n = 38 to 61
+        episodes per point (median 47)". Counts below `min_cell` are shown as "fewer than
+        {min_cell}" (never a count from 1 to min_cell - 1)."""
+        from .privacy import suppress_count
+
+        n = self.data["n"].to_numpy(float)
+        n = n[np.isfinite(n)]
+
+        def fmt(v: float) -> str:
+            return suppress_count(round(v), min_cell=min_cell, marker=f"fewer than {min_cell}")
+
+        what = f"Each point is {self.point}" if self.point else "Each point is one subgroup"
+        if n.size == 0:
+            return what + "."
+        lo, med, hi = float(n.min()), float(np.median(n)), float(n.max())
+        if lo == hi:
+            return f"{what}; n = {fmt(lo)} {noun} per point."
+        return (f"{what}; n = {fmt(lo)} to {fmt(hi)} {noun} per point (median {fmt(med)}).")
 
     def summary(self) -> pd.DataFrame:
         """One row per part: x range, centre line, limit range, runs statistics, signal counts."""
@@ -286,6 +363,11 @@ class ControlChart:
                 if not compact:
                     ax.annotate("baseline ends", xy=(_mid(xs, i), 1), xycoords=("data", "axes fraction"),
                                 fontsize=8, ha="right", va="top", color="dimgray")
+        if "shift_start" in d and d["shift_start"].any():
+            for i in np.flatnonzero(d["shift_start"].to_numpy(bool)):
+                xm = _mid(xs, i) if i > 0 else (xs[i] if isinstance(xs, np.ndarray) else xs.iloc[i])
+                ax.axvline(xm, color=PALETTE["signal"], ls="-.", lw=1.2, zorder=1,
+                           label="shift detected" if i == np.flatnonzero(d["shift_start"])[0] else None)
         size = 25 if compact else 45
         outside = d["sigma_signal"].to_numpy(bool) & d["signal"].to_numpy(bool)
         rule_pts = d["signal"].to_numpy(bool) & ~outside
@@ -299,7 +381,7 @@ class ControlChart:
         if excl.any():
             ax.scatter(xs[excl], d["y"][excl], facecolors="white", edgecolors=PALETTE["observed"],
                        s=size, zorder=4, label="excluded")
-        if not compact and (outside.any() or rule_pts.any() or excl.any()):
+        if not compact and (outside.any() or rule_pts.any() or excl.any() or self.detected_shifts):
             ax.legend(loc="best", fontsize=7, frameon=True)
         if not isinstance(xs, np.ndarray):  # dates: concise labels, few ticks in small multiples
             import matplotlib.dates as mdates
@@ -310,6 +392,10 @@ class ControlChart:
         elif d["x"].dtype == object:
             ax.set_xticks(xs)
             ax.set_xticklabels([str(v) for v in d["x"]], rotation=90, fontsize=7)
+        if self.chart == "median":  # limits of small subgroups are very wide: keep the points legible
+            top = max(float(np.nanmax(d["y"])) * 1.15, float(np.nanquantile(d["ucl"], 0.9)) * 1.05)
+            if np.isfinite(top) and top < float(np.nanmax(d["ucl"])):
+                ax.set_ylim(top=top)
         ax.set_title(title if title is not None else f"{self.chart_name} of {self._ylab()}",
                      fontsize=9 if compact else None)
         if not compact:
@@ -329,6 +415,8 @@ class ControlChart:
             lab = f"SD of {lab}"
         if self.multiply != 1:
             lab += f" x {self.multiply:g}"
+        if self.scale == "log":
+            lab = f"geometric mean of {lab}"
         return lab
 
 
@@ -374,30 +462,80 @@ class FacetedCharts:
         cols = ["facet", "status"] + [c for c in out.columns if c not in ("facet", "status")]
         return out[cols]
 
-    def plot(self, ncols: int = 4, *, sharey: bool = True, figsize=None, title: str | None = None):
-        """Grid of charts (one panel per facet); returns the Figure. Caption names the rule set."""
-        import matplotlib.pyplot as plt
+    def plot(self, ncols: int | None = None, *, sharey: bool = True, figsize=None,
+             title: str | None = None, max_width: float = PAGE_WIDTH):
+        """All facets in one grid Figure, at most `max_width` inches wide (panels per row adapt;
+        `ncols` fixes them). Caption names the rule set. For long grids split across figures
+        (the 57-hospital grid) use :meth:`pages`."""
+        return chart_pages(self.charts, ncols=ncols, sharey=sharey, max_width=max_width,
+                           max_rows=None, title=title, caption=self.caption, figsize=figsize)[0]
 
-        from .plotting import set_theme
+    def pages(self, *, max_width: float = PAGE_WIDTH, max_rows: int = 4, ncols: int | None = None,
+              sharey: bool = True, title: str | None = None) -> list:
+        """The facets as compact small multiples wrapped to the page width and split across
+        figures of at most `max_rows` rows; returns the list of Figures."""
+        return chart_pages(self.charts, ncols=ncols, sharey=sharey, max_width=max_width,
+                           max_rows=max_rows, title=title, caption=self.caption)
 
-        set_theme()
-        labels = list(self.charts)
-        k = max(len(labels), 1)
-        ncols = max(1, min(ncols, k))
-        nrows = math.ceil(k / ncols)
-        figsize = figsize or (3.2 * ncols, 2.4 * nrows + 0.8)
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, sharey=sharey, squeeze=False)
-        for ax, lab in zip(axes.flat, labels):
-            self.charts[lab].plot(ax=ax, title=str(lab), show_caption=False, compact=True)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(labels):]:
+
+def grid_shape(n_panels: int, *, max_width: float = PAGE_WIDTH, panel_width: float = 2.4,
+               ncols: int | None = None, max_rows: int | None = None) -> tuple[int, int, int]:
+    """(columns, rows per page, pages) for `n_panels` small multiples: as many panels of about
+    `panel_width` inches as fit in `max_width` (at least 1, never more than the panels), pages
+    of at most `max_rows` rows (``None``: one page)."""
+    if n_panels < 1:
+        raise ValueError("a grid needs at least one panel")
+    if not max_width > 0 or not panel_width > 0:
+        raise ValueError("max_width and panel_width must be positive")
+    cols = ncols if ncols is not None else max(1, int(max_width // panel_width))
+    cols = max(1, min(int(cols), n_panels))
+    rows_total = math.ceil(n_panels / cols)
+    rows = rows_total if max_rows is None else max(1, min(int(max_rows), rows_total))
+    return cols, rows, math.ceil(rows_total / rows)
+
+
+def chart_pages(charts: Mapping[str, ControlChart], *, ncols: int | None = None,
+                max_width: float = PAGE_WIDTH, max_rows: int | None = 4, panel_height: float = 1.9,
+                sharey: bool = False, title: str | None = None, caption: str | None = None,
+                figsize=None) -> list:
+    """Compact small multiples of control charts (one panel per label), wrapped to `max_width`
+    inches (default the page width, 7.5 in) and split across figures of at most `max_rows`
+    rows; each figure carries `title` (with "page i of n") and `caption`. Returns the Figures."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import set_theme
+
+    set_theme()
+    labels = list(charts)
+    cols, rows, n_pages = grid_shape(len(labels), max_width=max_width, ncols=ncols,
+                                     max_rows=max_rows)
+    per_page = cols * rows
+    figs = []
+    for page in range(n_pages):
+        chunk = labels[page * per_page:(page + 1) * per_page]
+        nrows = math.ceil(len(chunk) / cols)
+        width = min(max_width, 2.5 * cols) if ncols is None else max_width
+        size = figsize or (width, panel_height * nrows + (0.9 if caption else 0.3) + (0.3 if title else 0))
+        fig, axes = plt.subplots(nrows, cols, figsize=size, sharey=sharey, squeeze=False)
+        for ax, lab in zip(axes.flat, chunk):
+            charts[lab].plot(ax=ax, title=str(lab), show_caption=False, compact=True)
+            ax.tick_params(labelsize=6)
+            ax.set_xlabel("")
+        for ax in list(axes.flat)[len(chunk):]:
             ax.set_visible(False)
+        top = 1.0
         if title:
-            fig.suptitle(title)
-        fig.text(0.01, 0.005, _wrap(self.caption, 160), fontsize=7, va="bottom", ha="left",
-                 color="dimgray")
-        fig.tight_layout(rect=(0, 0.05, 1, 0.97 if title else 1))
-        return fig
+            fig.suptitle(title + (f" (page {page + 1} of {n_pages})" if n_pages > 1 else ""),
+                         fontsize=10)
+            top = 1 - 0.35 / size[1]
+        bottom = 0.0
+        if caption:
+            fig.text(0.01, 0.005, _wrap(caption, int(20 * size[0])), fontsize=6.5, va="bottom",
+                     ha="left", color="dimgray")
+            bottom = min(0.6 / size[1], 0.3)
+        fig.tight_layout(rect=(0, bottom, 1, top), h_pad=0.6, w_pad=0.4)
+        figs.append(fig)
+    return figs
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,6 +584,9 @@ def _aggregate(df: pd.DataFrame, chart: str, x: str, y: str, n: str | None) -> p
         }
     )
     out["n"] = g["n"].sum() if n is not None else np.nan
+    if chart == "median":
+        out["y_median"] = g["y"].median()
+        out["values"] = g["y"].apply(lambda v: np.sort(v.to_numpy(float)))
     out = out.reset_index()
     if chart in _NEEDS_N or (n is not None):
         zero = out["n"] <= 0
@@ -469,6 +610,8 @@ def _aggregate(df: pd.DataFrame, chart: str, x: str, y: str, n: str | None) -> p
         out["y"] = out["y_sum"]
     elif chart == "s":
         out["y"] = out["y_sd"]
+    elif chart == "median":
+        out["y"] = out["y_median"]
     else:
         out["y"] = out["y_mean"]
     return out
@@ -626,6 +769,13 @@ def _limits(chart: str, g: pd.DataFrame, base: np.ndarray, opts: dict) -> tuple:
         sd = np.sqrt(cl * (1 - cl) / nn)
         if chart == "pp":
             sd = sd * _laney_sigma_z(y[base], cl, sd[base], opts.get("screen_mr", True))
+        if opts.get("limits") == "exact":
+            n_int = np.round(nn)
+            if not np.allclose(nn, n_int):
+                raise _Degenerate("exact binomial limits need whole-number denominators")
+            lcl = stats.binom.ppf(TAIL_3SIGMA, n_int, cl) / nn
+            ucl = stats.binom.ppf(1 - TAIL_3SIGMA, n_int, cl) / nn
+            return y, np.full(k, cl), lcl, ucl, sd
         lcl = np.maximum(cl - 3 * sd, 0)
         ucl = np.minimum(cl + 3 * sd, 1)
         return y, np.full(k, cl), lcl, ucl, sd
@@ -636,13 +786,22 @@ def _limits(chart: str, g: pd.DataFrame, base: np.ndarray, opts: dict) -> tuple:
         sd = np.sqrt(cl / nn)  # Montgomery eq. 7.19
         if chart == "up":
             sd = sd * _laney_sigma_z(y[base], cl, sd[base], opts.get("screen_mr", True))
+        if opts.get("limits") == "exact":  # Poisson counts with mean cl * n
+            lcl = stats.poisson.ppf(TAIL_3SIGMA, cl * nn) / nn
+            ucl = stats.poisson.ppf(1 - TAIL_3SIGMA, cl * nn) / nn
+            return y, np.full(k, cl), lcl, ucl, sd
         return y, np.full(k, cl), np.maximum(cl - 3 * sd, 0), cl + 3 * sd, sd
     if chart == "c":
         cl = float(y[base].mean())
         if cl == 0:
             raise _Degenerate("all counts are zero, so the centre line is 0 and the limits collapse")
         sd = math.sqrt(cl)  # Montgomery eq. 7.17
+        if opts.get("limits") == "exact":
+            return (y, np.full(k, cl), np.full(k, float(stats.poisson.ppf(TAIL_3SIGMA, cl))),
+                    np.full(k, float(stats.poisson.ppf(1 - TAIL_3SIGMA, cl))), np.full(k, sd))
         return y, np.full(k, cl), np.full(k, max(cl - 3 * sd, 0)), np.full(k, cl + 3 * sd), np.full(k, sd)
+    if chart == "median":
+        return _median_limits(g, base)
     if chart == "g":
         m = float(y[base].mean())
         if m == 0:
@@ -652,6 +811,40 @@ def _limits(chart: str, g: pd.DataFrame, base: np.ndarray, opts: dict) -> tuple:
         cl = float(np.median(y[base])) if centre == "median" else m
         return y, np.full(k, cl), np.full(k, max(m - 3 * sd, 0)), np.full(k, m + 3 * sd), np.full(k, sd)
     raise ValueError(f"unknown chart {chart!r}")
+
+
+def median_limit_quantiles(n: np.ndarray | float, tail: float = TAIL_3SIGMA) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile levels (q_lo, q_hi) of the process distribution F at which the median of `n`
+    independent values falls below / above with probability at most `tail`: the median is
+    below F^-1(q) only if at least ceil(n/2) values are, so P = P(Bin(n, q) >= ceil(n/2)) =
+    I_q(ceil(n/2), n - ceil(n/2) + 1), and above F^-1(q) only if at most floor(n/2) values are
+    at or below it, P = P(Bin(n, q) <= floor(n/2)). For even n this bounds the probability for
+    the average of the two middle values (conservative)."""
+    n = np.asarray(n, dtype=float)
+    k = np.ceil(n / 2)
+    j = np.floor(n / 2)
+    q_lo = stats.beta.ppf(tail, k, n - k + 1)
+    q_hi = stats.beta.ppf(1 - tail, j + 1, n - j)
+    return q_lo, q_hi
+
+
+def _median_limits(g: pd.DataFrame, base: np.ndarray) -> tuple:
+    """Median chart: the centre is the median of all values of the part's baseline subgroups,
+    limits are quantiles of their pooled (empirical) distribution at the levels of
+    :func:`median_limit_quantiles` for each subgroup's size: distribution-free probability
+    limits with the tail probability of 3 sigma (order statistics, as in nonparametric
+    Shewhart charts; Chakraborti, Van der Laan & Bakir 2001, J Qual Technol 33:304)."""
+    k = len(g)
+    pooled = np.sort(np.concatenate([v for v, b in zip(g["values"], base) if b]))
+    if pooled.size < 2:
+        raise _Degenerate("needs at least two values for the median chart's limits")
+    if pooled[0] == pooled[-1]:
+        raise _Degenerate("all values are identical, so the limits collapse")
+    cl = float(np.median(pooled))
+    q_lo, q_hi = median_limit_quantiles(g["y_count"].to_numpy(float))
+    lcl = np.quantile(pooled, np.clip(q_lo, 0, 1))
+    ucl = np.quantile(pooled, np.clip(q_hi, 0, 1))
+    return g["y"].to_numpy(float), np.full(k, cl), lcl, ucl, (ucl - lcl) / 6
 
 
 def _laney_sigma_z(yb: np.ndarray, cl: float, sdb: np.ndarray, screen: bool) -> float:
@@ -805,9 +998,57 @@ def _apply_rules(chart, rules, d: pd.DataFrame, runs_rows: list[dict]) -> pd.Dat
     return d
 
 
+def _small_subgroup_groups(sizes: np.ndarray, parts: np.ndarray, min_n: float) -> np.ndarray:
+    """Group labels that pool consecutive subgroups of a part until each group has >= min_n
+    units; a short remainder at the end of a part joins the group before it."""
+    groups = np.zeros(len(sizes), int)
+    g = -1
+    for p in np.unique(parts):
+        idx = np.flatnonzero(parts == p)
+        first_of_part = g + 1
+        acc = min_n  # forces a new group at the part's first subgroup
+        for i in idx:
+            if acc >= min_n:
+                g += 1
+                acc = 0.0
+            groups[i] = g
+            acc += sizes[i]
+        if acc < min_n and g > first_of_part:  # remainder joins the previous group of the part
+            groups[groups == g] = g - 1
+            g -= 1
+    return groups
+
+
+def _pool_small(df: pd.DataFrame, x: str, agg: pd.DataFrame, parts: np.ndarray, sizes: np.ndarray,
+                min_n: float) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """Remap the x values of `df` so that small subgroups are pooled (see ``min_n``)."""
+    groups = _small_subgroup_groups(sizes, parts, min_n)
+    xs = agg["x"].to_numpy()
+    first = {gr: xs[np.flatnonzero(groups == gr)[0]] for gr in np.unique(groups)}
+    mapping = {xv: first[gr] for xv, gr in zip(xs, groups)}
+    info = pd.DataFrame({"x": [first[gr] for gr in np.unique(groups)],
+                         "x_end": [xs[np.flatnonzero(groups == gr)[-1]] for gr in np.unique(groups)],
+                         "pooled": [int((groups == gr).sum()) for gr in np.unique(groups)]})
+    out = df.copy()
+    out[x] = df[x].map(lambda v: mapping.get(v, v))
+    if isinstance(df[x].dtype, (pd.PeriodDtype, pd.DatetimeTZDtype)) or \
+            pd.api.types.is_datetime64_any_dtype(df[x]):
+        out[x] = out[x].astype(df[x].dtype)
+    return out, mapping, info
+
+
+def _subgroup_sizes(chart: str, agg: pd.DataFrame) -> np.ndarray:
+    if chart in _NEEDS_N or (agg["n"].notna().all() and chart not in _SUBGROUPED):
+        return agg["n"].to_numpy(float)
+    return agg["y_count"].to_numpy(float)
+
+
 def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = None, *,
                 part=None, freeze=None, exclude=None, multiply: float = 1, rules: str = "anhoej",
-                detect_shifts: bool = False, shift_min_points: int = 12, **opts) -> ControlChart:
+                detect_shifts: bool = False, shift_min_points: int = 12, shifts: str = "mark",
+                limits: str = "sigma", log: bool = False, floor: float = 1.0, bounds=None,
+                min_n: float | None = None, small_n: str = "pool", point: str | None = None,
+                **opts) -> ControlChart:
     rules = R.check_rules(rules)
     if chart in _NEEDS_N and n is None:
         raise ValueError(f"{CHART_NAMES[chart]} needs a denominator column n")
@@ -818,11 +1059,62 @@ def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = No
         raise ValueError(f"multiply must be a positive number, got {multiply!r}")
     if part is not None and freeze is not None:
         raise ValueError("give either part or freeze, not both (qicharts2 ignores freeze when part is given)")
-    if detect_shifts and (part is not None or freeze is not None):
-        raise ValueError("detect_shifts finds the parts itself; do not combine it with part or freeze")
+    if shifts not in ("mark", "new_part"):
+        raise ValueError(f"shifts must be 'mark' or 'new_part', got {shifts!r}")
+    if detect_shifts and shifts == "new_part" and (part is not None or freeze is not None):
+        raise ValueError("detect_shifts with shifts='new_part' finds the parts itself; do not "
+                         "combine it with part or freeze (shifts='mark' keeps the parts)")
     if int(shift_min_points) < 2:
         raise ValueError("shift_min_points must be at least 2")
+    if limits not in ("sigma", "exact"):
+        raise ValueError(f"limits must be 'sigma' or 'exact', got {limits!r}")
+    if limits == "exact" and chart not in _EXACT:
+        raise ValueError(f"exact probability limits exist for p, u and c charts, not {CHART_NAMES[chart]}")
+    if log:
+        if chart not in _LOG:
+            raise ValueError(f"log scale is for Xbar, I and run charts, not {CHART_NAMES[chart]}")
+        if n is not None or multiply != 1:
+            raise ValueError("log scale charts take no denominator n and no multiply")
+        if not floor > 0:
+            raise ValueError(f"floor must be positive on the log scale, got {floor!r}")
+        vals = pd.to_numeric(df[y], errors="coerce")
+        if (vals.isna() & df[y].notna()).any():
+            raise ValueError(f"y column {y!r} is not numeric")
+        df = df.assign(**{y: np.log(np.maximum(vals, floor))})
+    if bounds is not None:
+        if len(bounds) != 2:
+            raise ValueError(f"bounds must be (low, high) with None for no bound, got {bounds!r}")
+        b_lo, b_hi = bounds
+        if b_lo is not None and b_hi is not None and not b_lo < b_hi:
+            raise ValueError(f"bounds must be increasing, got {bounds!r}")
+    if small_n not in ("pool", "mark"):
+        raise ValueError(f"small_n must be 'pool' or 'mark', got {small_n!r}")
+    opts["limits"] = limits
     agg = _aggregate(df, chart, x, y, n)
+    pool_info = None
+    notes: list[str] = []
+    if min_n is not None:
+        if chart not in _NEEDS_N and chart not in _SUBGROUPED and n is None:
+            raise ValueError(f"min_n needs subgroups with a size: a denominator n or an Xbar/S chart, "
+                             f"not {CHART_NAMES[chart]} without n")
+        if not min_n > 0:
+            raise ValueError(f"min_n must be positive, got {min_n!r}")
+        sizes = _subgroup_sizes(chart, agg)
+        small = sizes < min_n
+        if small.any() and small_n == "pool":
+            parts0 = _parts_from_spec(df, x, agg, part)
+            df, mapping, pool_info = _pool_small(df, x, agg, parts0, sizes, float(min_n))
+            if exclude is not None:
+                ex = [exclude] if isinstance(exclude, (str, bytes)) or np.isscalar(exclude) else exclude
+                exclude = sorted({mapping.get(v, v) for v in ex}, key=str)
+            agg = _aggregate(df, chart, x, y, n)
+            notes.append(f"{int(small.sum())} subgroup(s) smaller than {min_n:g} pooled with their "
+                         "neighbours")
+        elif small.any():
+            ex = [] if exclude is None else ([exclude] if np.isscalar(exclude) else list(exclude))
+            exclude = ex + [v for v in agg.loc[small, "x"] if v not in ex]
+            notes.append(f"{int(small.sum())} subgroup(s) smaller than {min_n:g} drawn hollow and left "
+                         "out of the limits and runs analysis")
     k = len(agg)
     if k < 2:
         raise ValueError(
@@ -833,11 +1125,29 @@ def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = No
     baseline = _baseline_from_freeze(agg, freeze)
     parts = _parts_from_spec(df, x, agg, part)
     breaks: list[int] = []
-    if detect_shifts:
+    marked: list[int] = []
+    if detect_shifts and shifts == "new_part":
         breaks = _detect_breaks(chart, agg, include, opts, rules, int(shift_min_points))
         for b in breaks:
             parts[b:] += 1
+    elif detect_shifts:
+        for p in np.unique(parts):
+            idx = np.flatnonzero(parts == p)
+            sub = agg.iloc[idx].reset_index(drop=True)
+            marked += [int(idx[0] + b) for b in
+                       _detect_breaks(chart, sub, include[idx], opts, rules, int(shift_min_points))]
     lim = _compute_parts(chart, agg, parts, baseline, include, opts)
+    if bounds is not None:
+        b_lo, b_hi = bounds
+        if log:
+            b_lo = math.log(b_lo) if b_lo is not None and b_lo > 0 else None
+            b_hi = math.log(b_hi) if b_hi is not None and b_hi > 0 else None
+        if b_lo is not None:
+            lim["lcl"] = np.maximum(lim["lcl"], b_lo)
+            lim["ucl"] = np.maximum(lim["ucl"], b_lo)
+        if b_hi is not None:
+            lim["ucl"] = np.minimum(lim["ucl"], b_hi)
+            lim["lcl"] = np.minimum(lim["lcl"], b_hi)
     d = pd.DataFrame(
         {
             "x": agg["x"],
@@ -875,13 +1185,23 @@ def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = No
             row.update(runs_min=lo, runs_max=hi, runs_count_signal=not (lo <= ra.n_runs <= hi))
         runs_rows.append(row)
     d = _apply_rules(chart, rules, d, runs_rows)
-    notes = []
-    if chart in _SUBGROUPED and (agg["y_count"] < 2).any():
+    d["shift_start"] = False
+    if marked:
+        d.loc[marked, "shift_start"] = True
+    if log:  # back to the original scale for display; sigma stays on the log scale
+        for c in ("y", "cl", "lcl", "ucl"):
+            d[c] = np.exp(d[c])
+    if pool_info is not None:
+        d = d.merge(pool_info, on="x", how="left")
+        d["pooled"] = d["pooled"].fillna(1).astype(int)
+        d["x_end"] = d["x_end"].where(d["x_end"].notna(), d["x"])
+    if chart in {"xbar", "s"} and (agg["y_count"] < 2).any():
         notes.append(
             f"{int((agg['y_count'] < 2).sum())} subgroup(s) have a single value: no limits there"
         )
-    if (~include).any():
-        notes.append(f"{int((~include).sum())} point(s) excluded from limits and runs analysis")
+    n_excl = int((~include).sum())
+    if n_excl and not any("drawn hollow" in t for t in notes):
+        notes.append(f"{n_excl} point(s) excluded from limits and runs analysis")
     return ControlChart(
         chart=chart,
         rules=rules,
@@ -894,6 +1214,10 @@ def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = No
         freeze_x=(agg["x"].iloc[int(np.flatnonzero(baseline)[-1])] if freeze is not None else None),
         detected_breaks=[agg["x"].iloc[b] for b in breaks],
         notes=notes,
+        detected_shifts=[agg["x"].iloc[b] for b in marked],
+        limits="exact" if chart == "median" else limits,
+        scale="log" if log else "linear",
+        point=point,
     )
 
 
@@ -903,8 +1227,10 @@ def _make_chart(chart: str, df: pd.DataFrame, x: str, y: str, n: str | None = No
 
 _COMMON_DOC = """
     Common keyword arguments: ``part``, ``freeze``, ``exclude``, ``multiply``, ``rules``
-    (``"anhoej"`` | ``"shewhart"`` | ``"ihi"``), ``detect_shifts``, ``shift_min_points``; see
-    :mod:`analysis.spc`. Returns a :class:`ControlChart`."""
+    (``"anhoej"`` | ``"shewhart"`` | ``"ihi"``), ``detect_shifts``, ``shifts`` (``"mark"`` |
+    ``"new_part"``), ``shift_min_points``, ``limits`` (``"sigma"`` | ``"exact"``), ``log``,
+    ``floor``, ``bounds``, ``min_n``, ``small_n``, ``point``; see :mod:`analysis.spc`. Returns a
+    :class:`ControlChart`."""
 
 
 def run_chart(df: pd.DataFrame, x: str, y: str, n: str | None = None, **kwargs) -> ControlChart:
@@ -984,9 +1310,19 @@ def g_chart(df: pd.DataFrame, x: str, y: str, *, centre: str = "median", **kwarg
     return _make_chart("g", df, x, y, kwargs.pop("n", None), centre=centre, **kwargs)
 
 
+def median_chart(df: pd.DataFrame, x: str, y: str, **kwargs) -> ControlChart:
+    """Median chart from episode-level rows: each point is the median of its subgroup (all rows
+    with the same x); the centre line is the median of all values of the part, and the limits
+    are distribution-free probability limits from the part's pooled values (order statistics;
+    tail probability 0.00135 each side, as 3 sigma), so they suit skewed times and are robust
+    to a few extreme values. See :func:`median_limit_quantiles`."""
+    return _make_chart("median", df, x, y, kwargs.pop("n", None), **kwargs)
+
+
 _FUNCS = {
     "run": run_chart, "i": i_chart, "mr": mr_chart, "xbar": xbar_chart, "s": s_chart,
     "p": p_chart, "pp": pp_chart, "u": u_chart, "up": up_chart, "c": c_chart, "g": g_chart,
+    "median": median_chart,
 }
 
 for _f in _FUNCS.values():
@@ -1074,6 +1410,8 @@ def _wrap(text: str, width: int) -> str:
 
 __all__ = [
     "CHART_NAMES",
+    "PAGE_WIDTH",
+    "TAIL_3SIGMA",
     "ControlChart",
     "FacetedCharts",
     "a3",
@@ -1081,10 +1419,14 @@ __all__ = [
     "b4",
     "c4",
     "c_chart",
+    "chart_pages",
     "control_chart",
     "facet_charts",
     "g_chart",
+    "grid_shape",
     "i_chart",
+    "median_chart",
+    "median_limit_quantiles",
     "mr_chart",
     "p_chart",
     "pp_chart",

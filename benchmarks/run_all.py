@@ -23,6 +23,9 @@ SCRIPTS = [
      "--out", "benchmarks/_work/plan_null.csv"],
     ["bench_plan_truth.py", "--replicates", "20", "--jobs", "2", "--level", "site",
      "--out", "benchmarks/_work/plan_site.csv"],
+    ["bench_funnel_null.py"],
+    ["bench_spc_null.py", "--runs", "1000"],
+    ["bench_eb_coverage.py"],
 ]
 
 

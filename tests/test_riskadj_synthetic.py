@@ -117,7 +117,7 @@ def test_funnel_and_oe_plots_on_synthetic(sim, episodes, model):
     labels = {s: f"Hospital {i:02d}" for i, s in enumerate(sorted(post["site_id"].unique()))}
     f = ra.funnel_data(post, model, labels=labels)
     ax = f.plot(highlight="Hospital 03")
-    assert ax.get_ylabel() == "Observed / expected"
+    assert ax.get_ylabel() == "Observed / expected deaths"
     assert not set(f.data.columns) & {"episode_id", "patient_id", "site_id"}
     t = ra.oe_over_time(episodes, model, site="S05", label="Hospital 04")
     assert set(t["unit"]) == {"collaborative", "Hospital 04"}

@@ -206,7 +206,8 @@ def test_shift_detection_finds_a_known_step(rules):
     df = _step_series(5)
     off = spc.p_chart(df, "month", "compliant", "episodes")
     assert off.detected_breaks == [] and off.data["part"].eq(1).all()  # off by default
-    r = spc.p_chart(df, "month", "compliant", "episodes", detect_shifts=True, rules=rules)
+    r = spc.p_chart(df, "month", "compliant", "episodes", detect_shifts=True, rules=rules,
+                    shifts="new_part")
     assert len(r.detected_breaks) == 1
     brk = r.detected_breaks[0]
     assert abs((brk - pd.Period("2018-01", "M")).n) <= 2  # true change at 2018-01
@@ -214,13 +215,37 @@ def test_shift_detection_finds_a_known_step(rules):
     assert s.loc[0, "cl"] == pytest.approx(0.40, abs=0.05)
     assert s.loc[1, "cl"] == pytest.approx(0.65, abs=0.05)
     assert "automatic shift detection" in r.caption
+    # default: the shift is a marked signal, the limits keep one phase
+    m = spc.p_chart(df, "month", "compliant", "episodes", detect_shifts=True, rules=rules)
+    assert m.detected_breaks == [] and m.data["part"].eq(1).all()
+    assert m.detected_shifts == [brk] and m.data["shift_start"].sum() == 1
+    assert m.signal and "Sustained shift detected from" in m.caption
+
+
+def test_shift_marking_keeps_go_live_phases():
+    # a step 12 months after go-live: the phases stay at go-live, the shift is marked inside
+    rng = np.random.default_rng(8)
+    months = pd.period_range("2016-01", periods=72, freq="M")
+    n = rng.integers(25, 60, 72)
+    p = np.where(np.arange(72) < 48, 0.40, 0.65)
+    df = pd.DataFrame({"month": months, "compliant": rng.binomial(n, p), "episodes": n})
+    r = spc.p_chart(df, "month", "compliant", "episodes", part=["2019-01"], detect_shifts=True)
+    assert r.data.groupby("part")["x"].first().tolist() == [pd.Period("2016-01", "M"),
+                                                           pd.Period("2019-01", "M")]
+    assert len(r.detected_shifts) == 1
+    assert abs((r.detected_shifts[0] - pd.Period("2020-01", "M")).n) <= 2
+    with pytest.raises(ValueError, match="shifts='new_part'"):
+        spc.p_chart(df, "month", "compliant", "episodes", part=["2019-01"], detect_shifts=True,
+                    shifts="new_part")
+    with pytest.raises(ValueError, match="shifts must be"):
+        spc.p_chart(df, "month", "compliant", "episodes", detect_shifts=True, shifts="rebase")
 
 
 def test_shift_detection_rarely_rebases_a_stable_process():
     # 40 stable 48-month series: false re-basing should be rare (runs rules are ~5% tests).
     n_false = sum(
         bool(spc.p_chart(_step_series(100 + s, p1=0.40), "month", "compliant", "episodes",
-                         detect_shifts=True).detected_breaks)
+                         detect_shifts=True, shifts="new_part").detected_breaks)
         for s in range(40)
     )
     assert n_false <= 4

@@ -49,7 +49,7 @@ def test_shift_detection_starts_new_part_during_the_ramp(site_months):
     m, _ = site_months
     detected = 0
     for site, g in m.groupby("site_id"):
-        r = spc.p_chart(g, "month", "order_set", "episodes", detect_shifts=True)
+        r = spc.p_chart(g, "month", "order_set", "episodes", detect_shifts=True, shifts="new_part")
         if not r.detected_breaks:
             continue
         detected += 1
