@@ -72,6 +72,7 @@ __all__ = [
     "fit_its",
     "fit_its_by_site",
     "fit_its_multisite",
+    "fit_its_staggered",  # noqa: F822 (lazy export, see __getattr__ at the end)
     "newey_west_lags",
     "pool_site_effects",
 ]
@@ -1674,3 +1675,18 @@ def pool_site_effects(
         }
     )
     return pooled
+
+
+# ----------------------------------------------------------------------------------------------
+# the imputation estimator lives in analysis.staggered (it builds on the helpers above); exported
+# here lazily (PEP 562) so that `from analysis.its import fit_its_staggered` works without an
+# import cycle.
+_STAGGERED_NAMES = ("fit_its_staggered", "StaggeredITSResult", "StaggeredEffect", "PretrendTest")
+
+
+def __getattr__(name: str):
+    if name in _STAGGERED_NAMES:
+        from . import staggered
+
+        return getattr(staggered, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
