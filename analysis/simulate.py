@@ -1302,7 +1302,8 @@ def _summary_dict(sim: SimulatedCollaborative) -> dict[str, Any]:
 
 
 def run_simulate_command(out: Path, seed: int, sites: int, start: str, months: int, scale: float,
-                         episodes_per_site_month: float | None, json_out: bool) -> dict:
+                         episodes_per_site_month: float | None, json_out: bool,
+                         scenario: str | None = None) -> dict:
     """CLI body of ``ipso simulate``: simulate, write the files, print a summary (table or JSON)."""
     from .console import console, print_json, progress
 
@@ -1317,11 +1318,13 @@ def run_simulate_command(out: Path, seed: int, sites: int, start: str, months: i
             seed=seed, sites=sites, start=start, months=months, scale=scale,
             episodes_per_site_month=episodes_per_site_month,
             progress=lambda name: bar.update(task, advance=1, description=f"simulated {name}"),
+            scenario=scenario,
         )
         bar.update(task, description="writing files")
         paths = write_collaborative(sim, out)
         bar.update(task, advance=1, description="done")
-    summary = {**_summary_dict(sim), "seconds": round(time.perf_counter() - t_start, 2),
+    extra = {"scenario": scenario} if scenario is not None else {}
+    summary = {**_summary_dict(sim), **extra, "seconds": round(time.perf_counter() - t_start, 2),
                "files": {k: str(v) for k, v in paths.items()}}
     if json_out:
         print_json(summary)

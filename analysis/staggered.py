@@ -643,6 +643,7 @@ def _fit_engine(
     seasonality: int,
     is_date: bool,
     lead_window: int = 0,
+    retransform: bool = True,
 ) -> _Engine:
     t_ref = float(np.mean(t[fit_mask]))
     tc, F = _design_parts(t, cal, t_ref, seasonality)
@@ -712,7 +713,24 @@ def _fit_engine(
         cal_frame["_t"] = [*months_fit, *missing]
         cal_frame = cal_frame.sort_values("_t").drop(columns="_t").reset_index(drop=True)
     eta_t = Xt @ beta + off[tgt_mask]
-    mu_t = eta_t if family == "gaussian" else np.exp(eta_t)
+    if family == "gaussian":
+        mu_t = eta_t
+    else:
+        mu_t = np.exp(eta_t)
+        if retransform:
+            # second-order bias of exp(x' beta_hat): E[mu0_hat] = mu0 (1 + x' b + v / 2), with
+            # b = -1/2 phi A^-1 X' (z * mu) the Cordeiro & McCullagh (1991) bias of the Poisson
+            # MLE (z_i = x_i' A^-1 x_i) and v = phi x' A^-1 x. With few events per site, site
+            # trends extrapolated for years make sum(mu0_hat) too large otherwise (Jensen); with
+            # site intercepts only the two terms cancel. phi: Pearson dispersion. The factor is
+            # held fixed in the linearisation (it is O(1/n)).
+            n_f, p_f = Xf.shape
+            phi = max(float(np.sum(fit["pearson"] ** 2) / max(n_f - p_f, 1)), 1e-12)
+            A_inv = fit["bread"]
+            z = np.einsum("ij,jk,ik->i", Xf, A_inv, Xf)
+            b = -0.5 * phi * (A_inv @ (Xf.T @ (z * fit["mu"])))
+            v = np.einsum("ij,jk,ik->i", Xt, A_inv, Xt) * phi
+            mu_t = mu_t * np.exp(-(Xt @ b) - 0.5 * v)
     return _Engine(
         family=family,
         beta=beta,
