@@ -42,6 +42,12 @@ Length of stay
     survivors' T0-to-discharge days ~ lognormal (case-mix terms, site effect, trend,
     los_post_rr ^ ramp); hospital days = arrival-to-T0 gap + T0-to-discharge. ICU days <= stay.
 
+Scenarios (opt-in, :data:`SCENARIOS`, :data:`SCENARIO_DEFAULTS`)
+    effect dynamics (growing, waning; the path replaces the ramp for every post-go-live change),
+    site-heterogeneous direct mortality effects and calendar shocks common to all sites; at their
+    defaults nothing changes (same bytes). :func:`simulate_panel` makes expected-value site-month
+    panels with the same paths for estimator checks.
+
 Truth
     ``truth["estimands"]`` are computed from model expectations (death probabilities given each
     episode's covariates and processes, not realised deaths). Mortality and LOS ratios are

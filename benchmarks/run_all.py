@@ -16,6 +16,9 @@ SCRIPTS = [
     ["bench_render.py"],
     ["bench_its_truth.py", "--replicates", "500", "--jobs", "2"],
     ["bench_its_truth.py", "--replicates", "100", "--jobs", "2", "--scenario", "null"],
+    ["bench_staggered.py", "noise-free"],
+    ["bench_staggered.py", "panel", "--replicates", "200", "--count", "20", "--jobs", "2"],
+    ["bench_staggered.py", "sim", "--replicates", "200", "--jobs", "2"],
 ]
 
 
