@@ -54,6 +54,7 @@ __all__ = [
     "leave_one_wave_out",
     "placebo_in_time",
     "relative_magnitude_bounds",
+    "rm_bounds",
     "run_sensitivity",
     "transition_sensitivity",
 ]
@@ -194,6 +195,36 @@ def _rm_identified_set(b_pre: np.ndarray, b_e: float, e: int, m_bar: float) -> t
     return centre - half, centre + half
 
 
+def rm_bounds(
+    b_pre: np.ndarray, v_pre: np.ndarray, b_e: float, se_e: float, event_time: int,
+    m_bar: tuple[float, ...] = (0.5, 1.0, 2.0), alpha: float = 0.05,
+) -> tuple[float, float, float, pd.DataFrame]:
+    """Relative-magnitude bounds from an event-study path on the log (link) scale: leads
+    ``b_pre`` (event times -q..-1) with covariance ``v_pre``, the estimate ``b_e`` at event time
+    ``event_time`` >= 0 with SE ``se_e``. Returns (centre b_e - b_-1, M_pre, M_up, table of
+    m_bar, id_lower, id_upper, ci_lower, ci_upper on the link scale)."""
+    b_pre = np.asarray(b_pre, dtype=float)
+    v_pre = np.asarray(v_pre, dtype=float)
+    q, e = len(b_pre), int(event_time)
+    D = np.eye(q) - np.eye(q, k=-1)  # changes, anchored at 0 before the window
+    d = D @ b_pre
+    se_d = np.sqrt(np.maximum(np.diag(D @ v_pre @ D.T), 0.0))
+    c_pre = float(stats.norm.ppf(1 - alpha / (4 * q)))
+    m_pre = float(np.max(np.abs(d)))
+    m_up = float(np.max(np.abs(d) + c_pre * se_d))
+    centre = float(b_e - b_pre[-1])
+    se_c = float(se_e + np.sqrt(v_pre[-1, -1]))
+    c_post = float(stats.norm.ppf(1 - alpha / 4))
+    rows = []
+    for m in m_bar:
+        lo, hi = _rm_identified_set(b_pre, b_e, e, float(m))
+        half_ci = (e + 1) * float(m) * m_up
+        rows.append({"m_bar": float(m), "id_lower": lo, "id_upper": hi,
+                     "ci_lower": centre - c_post * se_c - half_ci,
+                     "ci_upper": centre + c_post * se_c + half_ci})
+    return centre, m_pre, m_up, pd.DataFrame(rows)
+
+
 def relative_magnitude_bounds(
     result: StaggeredITSResult, event_time: int = 12, m_bar: tuple[float, ...] = (0.5, 1.0, 2.0),
     alpha: float | None = None,
@@ -213,35 +244,14 @@ def relative_magnitude_bounds(
     est, contrib = lead.lead_estimates(ev)
     V = lead.covariance(contrib, result.se_type, result.hac_lags)
     eff = result.effect_at(e)
-    b_e = eff.link_estimate
-    q = len(ev)
-    # pre-period changes d = D b (with the anchor 0 before the window) and their SEs
-    D = np.zeros((q, q))
-    D[0, 0] = 1.0
-    for j in range(1, q):
-        D[j, j], D[j, j - 1] = 1.0, -1.0
-    d = D @ est
-    se_d = np.sqrt(np.maximum(np.diag(D @ V @ D.T), 0.0))
-    c_pre = float(stats.norm.ppf(1 - alpha / (4 * q)))
-    m_pre = float(np.max(np.abs(d)))
-    m_up = float(np.max(np.abs(d) + c_pre * se_d))
-    centre = b_e - float(est[-1])
-    se_c = eff.se + float(np.sqrt(V[-1, -1]))
-    c_post = float(stats.norm.ppf(1 - alpha / 4))
-    ratio = result.family != "gaussian"
-    tr = math.exp if ratio else (lambda v: v)
-    rows = []
-    for m in m_bar:
-        lo, hi = _rm_identified_set(est, b_e, e, float(m))
-        half_ci = (e + 1) * float(m) * m_up
-        rows.append({
-            "m_bar": float(m), "id_lower": tr(lo), "id_upper": tr(hi),
-            "ci_lower": tr(centre - c_post * se_c - half_ci),
-            "ci_upper": tr(centre + c_post * se_c + half_ci),
-        })
+    centre, m_pre, m_up, tab = rm_bounds(est, V, eff.link_estimate, eff.se, e, m_bar, alpha)
+    if result.family != "gaussian":
+        for c in ("id_lower", "id_upper", "ci_lower", "ci_upper"):
+            tab[c] = np.exp(tab[c])
+        centre = math.exp(centre)
     return RelativeMagnitudeBounds(
-        event_time=e, estimate=tr(centre), max_pre_change=m_pre, max_pre_change_upper=m_up,
-        table=pd.DataFrame(rows), alpha=alpha,
+        event_time=e, estimate=centre, max_pre_change=m_pre, max_pre_change_upper=m_up,
+        table=tab, alpha=alpha,
     )
 
 

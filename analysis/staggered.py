@@ -578,6 +578,13 @@ class StaggeredITSResult:
         if self._ratio:
             ax.set_yscale("log")
             plain_log_ticks(ax, "y")
+            lo, hi = ax.get_ylim()
+            nice = [v for v in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0,
+                                2.5, 3.0, 4.0, 5.0, 10.0) if lo <= v <= hi]
+            if len(nice) >= 3:
+                from matplotlib.ticker import FixedLocator
+
+                ax.yaxis.set_major_locator(FixedLocator(nice))
         ax.set_xlabel("months since go-live")
         ax.set_ylabel("observed / imputed counterfactual" if self._ratio else "observed - imputed")
         ax.set_title(title or f"Event study (imputation): {self.outcome}")

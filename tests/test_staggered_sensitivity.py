@@ -14,6 +14,7 @@ from analysis.sensitivity import (
     _rm_identified_set,
     covariance_sensitivity,
     relative_magnitude_bounds,
+    rm_bounds,
     run_sensitivity,
 )
 from analysis.simulate import simulate_panel
@@ -114,3 +115,26 @@ def test_rm_bounds_at_m0_is_a_point_and_needs_leads(panel):
     with pytest.raises(ValueError, match="leads"):
         relative_magnitude_bounds(r0, 12)
     assert isinstance(b.to_frame(), pd.DataFrame)
+
+
+@pytest.mark.parametrize("m_bar", [0.5, 2.0])
+def test_rm_conservative_ci_covers_under_worst_case_violation(m_bar):
+    """Monte Carlo: a linear pre-trend (0.01 per month) continued after go-live by the largest
+    steps Delta^RM(M) allows; correlated leads. The conservative CI covers theta >= 95%."""
+    rng = np.random.default_rng(7)
+    q, e, theta = 12, 12, -0.2
+    ar = 0.6 ** np.abs(np.subtract.outer(np.arange(q), np.arange(q)))
+    v_pre = 0.03**2 * ar
+    se_e = 0.05
+    delta_pre = 0.01 * np.arange(1, q + 1)
+    m_true = 0.01
+    delta_e = delta_pre[-1] + (e + 1) * m_bar * m_true  # worst case
+    L = np.linalg.cholesky(v_pre)
+    cover = 0
+    n = 300
+    for _ in range(n):
+        b_pre = delta_pre + L @ rng.standard_normal(q)
+        b_e = theta + delta_e + se_e * rng.standard_normal()
+        _, _, _, tab = rm_bounds(b_pre, v_pre, b_e, se_e, e, (m_bar,))
+        cover += tab["ci_lower"][0] <= theta <= tab["ci_upper"][0]
+    assert cover / n >= 0.95
