@@ -28,8 +28,8 @@ With site trends, the calendar effects are only identified up to a linear functi
 (``sum_s b_s t`` and ``g_t`` trade a common linear trend), and with seasonality up to the Fourier
 terms. They are normalised so that *site trends carry the trend, the Fourier terms the
 seasonality, and ``g_t`` only shocks*: ``g`` is orthogonal to (1, t, Fourier) over the identified
-months in the fit, then re-centred by a robust regression of ``g`` on (1, t, Fourier) (Huber, then
-Tukey bisquare, MAD scale), so that a shock (for example a COVID-19 dip) is not partly read as a
+months in the fit, then re-centred by a robust regression of ``g`` on (1, t, Fourier) (Tukey
+bisquare from a least-trimmed-squares start, MAD scale: an MM-type estimator), so that a shock (for example a COVID-19 dip) is not partly read as a
 trend that would then be extrapolated. The re-centring changes no fitted value in identified
 months; it only sets the trend that extrapolated months follow.
 Months with no untreated site (after the last wave's go-live) have no identified shock: their
@@ -130,7 +130,6 @@ __all__ = [
 StaggeredSE = Literal["cluster", "panel_hac", "driscoll_kraay"]
 _SE_TYPES = ("cluster", "panel_hac", "driscoll_kraay")
 _FAMILIES = ("poisson", "quasipoisson", "gaussian")
-_HUBER_K = 1.345
 _BISQUARE_C = 4.685
 _HUBER_SCALE_FLOOR = 0.005  # log scale: noise-free shocks are still found
 
@@ -606,30 +605,57 @@ def _design_parts(
     return tc, F
 
 
+def _lts_start(g: np.ndarray, B: np.ndarray, n_subsets: int = 100) -> np.ndarray:
+    """Least trimmed squares (h = (n + p + 1) // 2) of g on B by random elemental subsets and
+    concentration steps (Rousseeuw & Van Driessen's FAST-LTS, fixed seed: deterministic). A
+    high-breakdown start: up to half of the months may be shocked."""
+    n, p = B.shape
+    h = (n + p + 1) // 2
+    if n <= p + 1:
+        return np.linalg.lstsq(B, g, rcond=None)[0]
+    rng = np.random.default_rng(20160101)
+
+    def cstep(c, steps):
+        for _ in range(steps):
+            keep = np.argsort(np.abs(g - B @ c))[:h]
+            c = np.linalg.lstsq(B[keep], g[keep], rcond=None)[0]
+        return c, float(np.sort((g - B @ c) ** 2)[:h].sum())
+
+    cands = []
+    for _ in range(n_subsets):
+        idx = rng.choice(n, size=p, replace=False)
+        try:
+            c = np.linalg.solve(B[idx], g[idx])
+        except np.linalg.LinAlgError:
+            continue
+        cands.append(cstep(c, 2))
+    cands.append(cstep(np.linalg.lstsq(B, g, rcond=None)[0], 2))
+    best = sorted(cands, key=lambda v: v[1])[:10]
+    return min((cstep(c, 50) for c, _ in best), key=lambda v: v[1])[0]
+
+
 def _robust_weights(g: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Weights of a robust regression of the calendar effects g on B = (1, t, Fourier): Huber
-    (k = 1.345) iterations from least squares, then Tukey bisquare (c = 4.685) from the Huber fit,
-    MAD scale with a floor (noise-free data). Shock months get weight 0, so a shock is not read
-    as trend or seasonality. Returns the final weights."""
-    c = np.zeros(B.shape[1])
+    """Weights of a robust regression of the calendar effects g on B = (1, t, Fourier): an
+    MM-type estimator, Tukey bisquare (c = 4.685) iterated from a least-trimmed-squares start
+    with the MAD scale of the LTS residuals (floored for noise-free data). Shock months get weight
+    0, so a shock is not read as trend or seasonality, even when it covers a quarter of the
+    identified months at one end (where a least-squares start is pulled too far for bisquare to
+    recover). Returns the final weights."""
+    c = _lts_start(g, B)
+    r = g - B @ c
+    s = max(1.4826 * float(np.median(np.abs(r))), _HUBER_SCALE_FLOOR)
     w = np.ones(len(g))
-    for kind, it in (("huber", 50), ("bisquare", 50)):
-        for _ in range(it):
-            r = g - B @ c
-            s = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), _HUBER_SCALE_FLOOR)
-            u = np.abs(r) / s
-            if kind == "huber":
-                w_new = np.minimum(1.0, _HUBER_K / np.maximum(u, 1e-300))
-            else:
-                w_new = np.where(u < _BISQUARE_C, (1 - (u / _BISQUARE_C) ** 2) ** 2, 0.0)
-            if w_new.sum() < B.shape[1]:
-                break
-            sw = np.sqrt(w_new)
-            c_new = np.linalg.lstsq(B * sw[:, None], g * sw, rcond=None)[0]
-            done = np.max(np.abs(c_new - c)) < 1e-12
-            c, w = c_new, w_new
-            if done:
-                break
+    for _ in range(100):
+        u = np.abs(g - B @ c) / s
+        w_new = np.where(u < _BISQUARE_C, (1 - (u / _BISQUARE_C) ** 2) ** 2, 0.0)
+        if w_new.sum() < B.shape[1]:
+            break
+        sw = np.sqrt(w_new)
+        c_new = np.linalg.lstsq(B * sw[:, None], g * sw, rcond=None)[0]
+        done = np.max(np.abs(c_new - c)) < 1e-12
+        c, w = c_new, w_new
+        if done:
+            break
     return w
 
 
@@ -688,7 +714,8 @@ def _fit_engine(
         m = Z.shape[1]
         delta = beta[-m:]
         g = Z @ delta
-        w = _robust_weights(g, B)
+        # (the lead fit imputes nothing, so it needs no re-centring)
+        w = _robust_weights(g, B) if tgt_mask.any() else np.ones(len(g))
         # robust re-centring: shock' = g - B c with c = C delta; rows in unidentified months
         # get B(t) C delta (the part of g that the robust fit reads as trend/seasonality)
         BW = B * w[:, None]
