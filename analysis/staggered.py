@@ -751,7 +751,7 @@ def _fit_engine(
         mu_t = eta_t
     else:
         mu_t = np.exp(eta_t)
-        if retransform:
+        if retransform and len(Xt):
             # second-order bias of exp(x' beta_hat): E[mu0_hat] = mu0 (1 + x' b + v / 2), with
             # b = -1/2 phi A^-1 X' (z * mu) the Cordeiro & McCullagh (1991) bias of the Poisson
             # MLE (z_i = x_i' A^-1 x_i) and v = phi x' A^-1 x. With few events per site, site
@@ -761,9 +761,9 @@ def _fit_engine(
             n_f, p_f = Xf.shape
             phi = max(float(np.sum(fit["pearson"] ** 2) / max(n_f - p_f, 1)), 1e-12)
             A_inv = fit["bread"]
-            z = np.einsum("ij,jk,ik->i", Xf, A_inv, Xf)
+            z = np.sum((Xf @ A_inv) * Xf, axis=1)
             b = -0.5 * phi * (A_inv @ (Xf.T @ (z * fit["mu"])))
-            v = np.einsum("ij,jk,ik->i", Xt, A_inv, Xt) * phi
+            v = np.sum((Xt @ A_inv) * Xt, axis=1) * phi
             mu_t = mu_t * np.exp(-(Xt @ b) - 0.5 * v)
     return _Engine(
         family=family,
