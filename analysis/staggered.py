@@ -75,7 +75,9 @@ Stacked M-estimation: the GLM score equations of the untreated fit and the aggre
 The treated residual ``y / R - mu0`` contains the imputation error of the site's own intercept
 and trend (as the residual ``Y - Y0_hat - tau~`` of BJS, Theorem 3), so nothing is lost by the
 site's own untreated scores summing to zero. ``se="cluster"`` (default): ``Var = G/(G-1) sum_s
-IF_s IF_s'`` (clustered by site), intervals ``exp(log R +/- t_{G-1} se)``. Like BJS's variance it
+IF_s IF_s' x (N - 1)/(N - K)`` (clustered by site; N, K: rows and parameters of the
+untreated fit, Stata's finite-sample factor: without it the SEs were 5% below the replicate SD on
+noisy panels, coverage 92.5-96%), intervals ``exp(log R +/- t_{G-1} se)``. Like BJS's variance it
 is conservative when effects vary across sites (the heterogeneity is counted as noise). Also
 ``"panel_hac"`` (Newey-West within site on the per-month contributions) and
 ``"driscoll_kraay"`` (Newey-West on cross-site sums per calendar month), HAC lag
@@ -268,11 +270,16 @@ class _Engine:
         unt, tgt = contrib["untreated"], contrib["target"]
         k = unt.shape[1]
         G = self.n_sites
+        # finite-sample factor (N - 1) / (N - K) of the untreated fit (N rows, K parameters), as
+        # Stata's clustered regress; with ~200 site, trend and calendar parameters on ~2,300
+        # site-months it is about 1.09
+        n_f, p_f = self.Xfit.shape
+        dof = (n_f - 1) / max(n_f - p_f, 1)
         if se == "cluster":
             IF = np.zeros((G, k))
             np.add.at(IF, self.site_fit, unt)
             np.add.at(IF, self.site_tgt, tgt)
-            return IF.T @ IF * (G / (G - 1))
+            return IF.T @ IF * (G / (G - 1)) * dof
         site = np.concatenate([self.site_fit, self.site_tgt])
         t = np.concatenate([self.t_fit, self.t_tgt])
         rows = np.vstack([unt, tgt])
@@ -280,7 +287,7 @@ class _Engine:
             codes = np.unique(t)
             full = np.zeros((int(codes.max() - codes.min()) + 1, k))
             np.add.at(full, (t - codes.min()).astype(int), rows)
-            return _bartlett_meat(full, lags)
+            return _bartlett_meat(full, lags) * dof
         # panel_hac: Newey-West within site over its monthly contributions (time order)
         order = np.lexsort((t, site))
         site, t, rows = site[order], t[order], rows[order]
@@ -293,7 +300,7 @@ class _Engine:
             grid = np.zeros((int(tb.max() - tb.min()) + 1, k))
             np.add.at(grid, (tb - tb.min()).astype(int), rows[block])
             meat += _bartlett_meat(grid, min(lags, max(len(grid) - 1, 0)))
-        return meat
+        return meat * dof
 
 
 @dataclass
