@@ -687,6 +687,7 @@ def _fit_engine(
     is_date: bool,
     lead_window: int = 0,
     retransform: bool = True,
+    centering: str = "robust",
 ) -> _Engine:
     t_ref = float(np.mean(t[fit_mask]))
     tc, F = _design_parts(t, cal, t_ref, seasonality)
@@ -725,7 +726,8 @@ def _fit_engine(
         delta = beta[-m:]
         g = Z @ delta
         # (the lead fit imputes nothing, so it needs no re-centring)
-        w = _robust_weights(g, B) if tgt_mask.any() else np.ones(len(g))
+        robust = centering == "robust" and tgt_mask.any()
+        w = _robust_weights(g, B) if robust else np.ones(len(g))
         # robust re-centring: shock' = g - B c with c = C delta; rows in unidentified months
         # get B(t) C delta (the part of g that the robust fit reads as trend/seasonality)
         BW = B * w[:, None]
@@ -828,6 +830,7 @@ def fit_its_staggered(
     min_pre: int = 12,
     extrapolate: bool = True,
     hac_lags: int | None = None,
+    calendar_centering: Literal["robust", "ls"] = "robust",
 ) -> StaggeredITSResult:
     """Imputation estimator (Borusyak, Jaravel & Spiess) for a staggered multi-site ITS.
 
@@ -856,6 +859,14 @@ def fit_its_staggered(
     extrapolate: allow counterfactuals in calendar months with no untreated site (shock = 0,
         warning); ``False`` raises a ValueError instead.
     hac_lags: Newey-West lag for the HAC covariances.
+    calendar_centering: how the trend that extrapolated months follow is separated from the
+        calendar shocks: ``"robust"`` (MM-type fit; a shock several times the monthly noise is
+        not read as trend) or ``"ls"`` (least squares, i.e. shocks orthogonal to trend and
+        seasonality over the identified months). With few events per calendar month (e.g.
+        mortality, about 10-25 deaths a month among untreated sites) the log calendar effects are
+        skewed and the robust fit biases extrapolated months (noisy panels with 0.5 events per
+        site-month, 60 paired seeds: log bias over event months 12-23 -0.053 robust, -0.002
+        ls); use ``"ls"`` there.
 
     Units: effects are ratios of observed to counterfactual events (rate ratios) per event
     month after each site's own go-live; Gaussian: differences in outcome units.
@@ -874,6 +885,8 @@ def fit_its_staggered(
                         ("leads", leads, 0), ("lags", lags, 0), ("min_pre", min_pre, 2)):
         if int(v) != v or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if calendar_centering not in ("robust", "ls"):
+        raise ValueError(f"calendar_centering must be 'robust' or 'ls', got {calendar_centering!r}")
     if seasonality > 6:
         raise ValueError(f"seasonality must be at most 6 Fourier pairs, got {seasonality}")
     if not 0 < alpha < 1:
@@ -992,7 +1005,7 @@ def fit_its_staggered(
     common = {"family": fam, "y": y, "off": off, "site": codes, "t": t_all,
               "cal": df["_cal"].to_numpy(), "e": e_all, "n_sites": G, "site_trends": site_trends,
               "calendar_effects": calendar_effects, "seasonality": int(seasonality),
-              "is_date": is_date}
+              "is_date": is_date, "centering": calendar_centering}
     main = _fit_engine(fit_mask=fit_mask, tgt_mask=tgt_main, **common)
 
     lead_fit = None

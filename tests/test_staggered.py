@@ -206,3 +206,17 @@ def test_transition_excludes_anticipation_months(noise_free):
     assert set(es.loc[es["event_time"].between(-6, -1), "role"]) == {"transition"}
     assert abs(r.effect_at(12).relative / p.truth_at(12) - 1) < 0.01
     assert r.n_fit_obs == r0.n_fit_obs - 6 * 57
+
+
+def test_calendar_centering_options(noise_free):
+    """Least-squares centring reads part of a shock in identified months as trend and carries it
+    into extrapolated months; the robust centring does not. Without shocks they agree."""
+    p, r = noise_free["calendar_shock"]
+    ls = _fit(p.data, calendar_centering="ls")
+    assert abs(ls.effect_at(12).relative / p.truth_at(12) - 1) > 0.05
+    assert abs(r.effect_at(12).relative / p.truth_at(12) - 1) < 0.01
+    p0, r0 = noise_free["constant"]
+    ls0 = _fit(p0.data, calendar_centering="ls")
+    assert ls0.effect_at(12).relative == pytest.approx(r0.effect_at(12).relative, rel=1e-3)
+    with pytest.raises(ValueError, match="calendar_centering"):
+        _fit(p0.data, calendar_centering="median")
