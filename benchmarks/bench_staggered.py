@@ -126,7 +126,7 @@ def _window_truth(sim) -> tuple[float, float]:
     return sam, rec
 
 
-def sim_replicate(scenario: str, seed: int, scale: float = 1.0) -> list[dict]:
+def sim_replicate(scenario: str, seed: int, scale: float = 1.0, centering: str = "robust") -> list[dict]:
     from bench_its_truth import prepare_monthly  # same monthly frame as the ITS truth study
 
     sim = simulate_collaborative(seed=seed, scale=scale, scenario=scenario)
@@ -137,13 +137,13 @@ def sim_replicate(scenario: str, seed: int, scale: float = 1.0) -> list[dict]:
     out = []
     try:
         r = _quiet(fit_its_staggered, mm, "sam30", **cols, exposure="expected_sam30",
-                   site_trends=False, seasonality=1)
+                   site_trends=False, seasonality=1, calendar_centering=centering)
         out.append(_metrics(r, est["sam30_rr_12m"], sam_w, scenario, seed, "sam30"))
     except Exception as exc:  # noqa: BLE001 - record, never drop a replicate
         out.append({"scenario": scenario, "seed": seed, "outcome": "sam30", "error": str(exc)})
     try:
         r = _quiet(fit_its_staggered, mm, "episodes", **cols, exposure="admissions",
-                   site_trends=True, seasonality=2)
+                   site_trends=True, seasonality=2, calendar_centering=centering)
         out.append(_metrics(r, est["recognition_rr_12m"], rec_w, scenario, seed, "recognition"))
     except Exception as exc:  # noqa: BLE001
         out.append({"scenario": scenario, "seed": seed, "outcome": "recognition", "error": str(exc)})
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=float, default=20.0, help="panel: expected events per site-month")
     ap.add_argument("--scenarios", default=None, help="comma-separated (default: all of the study)")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--centering", choices=["robust", "ls"], default="robust",
+                    help="sim: calendar_centering of both fits")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     t = time.perf_counter()
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             args = [(s, k, a.count) for s in scen for k in seeds]
             df = _run(panel_replicate, args, a.jobs, a.out)
         else:
-            args = [(s, k) for s in scen for k in seeds]
+            args = [(s, k, 1.0, a.centering) for s in scen for k in seeds]
             df = _run(sim_replicate, args, a.jobs, a.out)
         print(f"{a.study}: {a.replicates} replicates per scenario"
               + (f", {a.count:g} expected events per site-month" if a.study == "panel" else ""))
