@@ -51,13 +51,21 @@ def simulate(
         None, "--episodes-per-site-month", help="Mean episodes per site-month (overrides realistic volumes)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    scenario: Optional[str] = typer.Option(
+        None, "--scenario",
+        help="Named scenario (constant, null, growing, waning, ramp12, heterogeneous, calendar_shock, "
+        "covid_after_last_wave); truth.json then holds its event-time truth. Default: today's collaborative.",
+    ),
 ) -> None:
     """Simulate a synthetic IPSO collaborative with known true effects."""
-    from .simulate import run_simulate_command
+    from .simulate import SCENARIOS, run_simulate_command
 
+    if scenario is not None and scenario not in SCENARIOS:
+        typer.echo(f"unknown scenario {scenario!r}; known: {', '.join(sorted(SCENARIOS))}", err=True)
+        raise typer.Exit(2)
     run_simulate_command(
         out=out, seed=seed, sites=sites, start=start, months=months, scale=scale,
-        episodes_per_site_month=episodes_per_site_month, json_out=json_out,
+        episodes_per_site_month=episodes_per_site_month, json_out=json_out, scenario=scenario,
     )
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "fit_its",
     "fit_its_by_site",
     "fit_its_multisite",
+    "fit_its_staggered",  # noqa: F822 (lazy export, see __getattr__ at the end)
     "newey_west_lags",
     "pool_site_effects",
 ]
@@ -1157,6 +1158,7 @@ def _irls(
         else:
             eta = np.log(y + 0.5)
         beta = np.zeros(p)
+        beta_prev = beta
         dev_old = np.inf
         converged, it = False, 0
         for it in range(1, maxiter + 1):
@@ -1188,10 +1190,14 @@ def _irls(
                 mu = np.exp(eta)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     dev = 2 * np.sum(np.where(y > 0, y * np.log(y / mu), 0.0) - (y - mu))
-            if abs(dev - dev_old) < tol * (abs(dev) + 0.1):
+            # deviance criterion (R's glm.fit); with huge counts the deviance carries rounding
+            # noise larger than tol, so a negligible change of beta also means convergence
+            step = np.max(np.abs(beta - beta_prev)) if it > 1 else np.inf
+            if abs(dev - dev_old) < tol * (abs(dev) + 0.1) or step < tol * (1 + np.max(np.abs(beta))):
                 converged = True
                 break
             dev_old = dev
+            beta_prev = beta
         if family == "binomial":
             pr = 1 / (1 + np.exp(-eta))
             w = trials * pr * (1 - pr)
@@ -1674,3 +1680,18 @@ def pool_site_effects(
         }
     )
     return pooled
+
+
+# ----------------------------------------------------------------------------------------------
+# the imputation estimator lives in analysis.staggered (it builds on the helpers above); exported
+# here lazily (PEP 562) so that `from analysis.its import fit_its_staggered` works without an
+# import cycle.
+_STAGGERED_NAMES = ("fit_its_staggered", "StaggeredITSResult", "StaggeredEffect", "PretrendTest")
+
+
+def __getattr__(name: str):
+    if name in _STAGGERED_NAMES:
+        from . import staggered
+
+        return getattr(staggered, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

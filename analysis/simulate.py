@@ -42,6 +42,12 @@ Length of stay
     survivors' T0-to-discharge days ~ lognormal (case-mix terms, site effect, trend,
     los_post_rr ^ ramp); hospital days = arrival-to-T0 gap + T0-to-discharge. ICU days <= stay.
 
+Scenarios (opt-in, :data:`SCENARIOS`, :data:`SCENARIO_DEFAULTS`)
+    effect dynamics (growing, waning; the path replaces the ramp for every post-go-live change),
+    site-heterogeneous direct mortality effects and calendar shocks common to all sites; at their
+    defaults nothing changes (same bytes). :func:`simulate_panel` makes expected-value site-month
+    panels with the same paths for estimator checks.
+
 Truth
     ``truth["estimands"]`` are computed from model expectations (death probabilities given each
     episode's covariates and processes, not realised deaths). Mortality and LOS ratios are
@@ -179,6 +185,113 @@ DEFAULT_EFFECTS: dict[str, Any] = {
     "icu_any_prob_not_critical": 0.15,
 }
 
+# ---------------------------------------------------------------------------------------------
+# scenarios (issue 12): effect dynamics, site-heterogeneous effects, calendar shocks. Opt-in: with
+# these at their defaults the simulator draws exactly what it drew before (same seed, same bytes,
+# same truth.json); truth.json gets a "scenario" block only when a scenario is active.
+
+#: Scenario parameters and their defaults (override through ``true_effects`` like any other).
+SCENARIO_DEFAULTS: dict[str, Any] = {
+    # shape of every post-go-live change over months m since go-live (on its link scale):
+    # "constant": ramp(m) = clip(m / ramp_months, 0, 1)          (today's simulator)
+    # "growing":  min(m / dynamics_months, dynamics_cap)           (linear growth, no plateau)
+    # "waning":   ramp(m) x exp(-max(m - ramp_months, 0) / dynamics_months)
+    "effect_dynamics": "constant",
+    "dynamics_months": None,  # growing: 24 (full effect at 24 months); waning: 36 (e-folding)
+    "dynamics_cap": 2.0,
+    # site-specific direct mortality effect: log RR_s = log(post_direct_rr) + N(0, sd^2)
+    "post_direct_rr_site_sd": 0.0,
+    # calendar shocks common to all sites: list of {"first_month", "last_month" (0-based study
+    # months, inclusive), "admissions_rr", "sepsis_rate_rr", "mortality_rr"} multiplying expected
+    # admissions, the sepsis rate per admission and every episode's death risk (both worlds)
+    "calendar_shocks": [],
+}
+_DYNAMICS_MONTHS = {"growing": 24.0, "waning": 36.0}
+
+#: Named scenarios for ``simulate_collaborative(scenario=...)`` and ``ipso simulate --scenario``.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "constant": {},
+    "null": {
+        "post_direct_rr": 1.0,
+        "process_post_logit_shift": {"screen_positive": 0.0, "huddle": 0.0, "order_set": 0.0},
+        "bolus_time_post_ratio": 1.0,
+        "antibiotic_time_post_ratio": 1.0,
+    },
+    "growing": {"effect_dynamics": "growing"},
+    "waning": {"effect_dynamics": "waning"},
+    "ramp12": {"ramp_months": 12.0},
+    "heterogeneous": {"post_direct_rr_site_sd": 0.15},
+    # a dip while later waves are still untreated (study months 30-41: wave 1 at event months
+    # 6-17, wave 2 at 0-5, wave 3 not live): identified by the not-yet-treated sites
+    "calendar_shock": {
+        "calendar_shocks": [
+            {"first_month": 30, "last_month": 41, "admissions_rr": 0.80, "sepsis_rate_rr": 0.85,
+             "mortality_rr": 0.85}
+        ]
+    },
+    # a COVID-19-like dip after the last wave's go-live (2020-03 to 2021-02 with the default
+    # start): no site is untreated, so no estimator can separate it from the effect
+    "covid_after_last_wave": {
+        "calendar_shocks": [
+            {"first_month": 50, "last_month": 61, "admissions_rr": 0.75, "sepsis_rate_rr": 0.85,
+             "mortality_rr": 0.85}
+        ]
+    },
+}
+
+
+def _effect_path(months_since: np.ndarray, params: dict) -> np.ndarray:
+    """Multiplier of every post-go-live change (link scale) at ``months_since`` go-live (0 before)."""
+    ramp = _ramp(months_since, params["ramp_months"])
+    dyn = params.get("effect_dynamics", "constant")
+    if dyn == "constant":
+        return ramp
+    d = params.get("dynamics_months") or _DYNAMICS_MONTHS[dyn]
+    if dyn == "growing":
+        return np.clip(months_since / d, 0.0, params.get("dynamics_cap", 2.0))
+    return ramp * np.exp(-np.maximum(months_since - params["ramp_months"], 0.0) / d)
+
+
+def _shock_factor(month_index: np.ndarray, params: dict, key: str) -> np.ndarray | None:
+    """Product of the calendar shocks' ``key`` multipliers at study months ``month_index``
+    (None when there is no shock, so the default path multiplies nothing)."""
+    shocks = params.get("calendar_shocks") or []
+    if not shocks:
+        return None
+    f = np.ones(len(month_index))
+    for sh in shocks:
+        inside = (month_index >= int(sh["first_month"])) & (month_index <= int(sh["last_month"]))
+        f = np.where(inside, f * float(sh.get(key, 1.0)), f)
+    return f
+
+
+def _check_scenario_params(params: dict) -> None:
+    dyn = params["effect_dynamics"]
+    if dyn not in ("constant", "growing", "waning"):
+        raise ValueError(f"effect_dynamics must be constant, growing or waning, got {dyn!r}")
+    d = params["dynamics_months"]
+    if d is not None and not float(d) > 0:
+        raise ValueError(f"dynamics_months must be > 0, got {d!r}")
+    if not params["post_direct_rr_site_sd"] >= 0:
+        raise ValueError("post_direct_rr_site_sd must be >= 0")
+    if not isinstance(params["calendar_shocks"], list):
+        raise ValueError("calendar_shocks must be a list of dicts")  # noqa: TRY004
+    keys = {"first_month", "last_month", "admissions_rr", "sepsis_rate_rr", "mortality_rr"}
+    for sh in params["calendar_shocks"]:
+        if not isinstance(sh, dict) or not {"first_month", "last_month"} <= set(sh):
+            raise ValueError(f"calendar shock {sh!r} needs first_month and last_month")
+        if set(sh) - keys:
+            raise ValueError(f"calendar shock {sh!r}: unknown keys {sorted(set(sh) - keys)}")
+        if any(not float(sh.get(k, 1.0)) > 0 for k in keys - {"first_month", "last_month"}):
+            raise ValueError(f"calendar shock {sh!r}: multipliers must be > 0")
+
+
+def _scenario_active(params: dict, scenario: str | None) -> bool:
+    return scenario is not None or any(params[k] != v for k, v in SCENARIO_DEFAULTS.items())
+
+
+# ---------------------------------------------------------------------------------------------
+
 _NAME_FIRST = (
     "Maple", "Cedar", "Willow", "Aspen", "Birch", "Juniper", "Sycamore", "Hawthorn", "Laurel",
     "Alder", "Spruce", "Magnolia", "Heron", "Osprey", "Bluebell", "Larkspur", "Thistle", "Clover",
@@ -235,7 +348,7 @@ class SimulatedCollaborative:
 
 
 def _merge_effects(true_effects: dict | None) -> tuple[dict, dict]:
-    params = copy.deepcopy(DEFAULT_EFFECTS)
+    params = copy.deepcopy({**DEFAULT_EFFECTS, **SCENARIO_DEFAULTS})
     overrides = copy.deepcopy(true_effects or {})
     for key, value in overrides.items():
         if key not in params:
@@ -251,6 +364,7 @@ def _merge_effects(true_effects: dict | None) -> tuple[dict, dict]:
             params[key].update(value)
         else:
             params[key] = value
+    _check_scenario_params(params)
     return params, overrides
 
 
@@ -295,6 +409,7 @@ def simulate_collaborative(
     recognition_expansion: bool = True,
     true_effects: dict | None = None,
     progress: Callable[[str], None] | None = None,
+    scenario: str | None = None,
 ) -> SimulatedCollaborative:
     """Simulate a synthetic IPSO collaborative with known true effects (see the module docstring).
 
@@ -308,8 +423,12 @@ def simulate_collaborative(
     episodes_per_site_month: if given, every site has this expected number of (counterfactual,
         pre-expansion) episodes per month instead of bed-driven volumes.
     recognition_expansion: if False, go-live recognises no extra episodes.
-    true_effects: overrides of :data:`DEFAULT_EFFECTS` (e.g. ``{"post_direct_rr": 1.0}``).
+    true_effects: overrides of :data:`DEFAULT_EFFECTS` (e.g. ``{"post_direct_rr": 1.0}``) and of
+        the scenario parameters :data:`SCENARIO_DEFAULTS` (effect dynamics, site-heterogeneous
+        direct effects, calendar shocks).
     progress: optional callback called with a stage name after each stage.
+    scenario: a named scenario of :data:`SCENARIOS` (its overrides come first; ``true_effects``
+        may refine them). truth.json then has a ``scenario`` block with the event-time truth.
     """
     if int(sites) < 1:
         raise ValueError(f"sites must be >= 1, got {sites}")
@@ -320,6 +439,10 @@ def simulate_collaborative(
     if episodes_per_site_month is not None and not episodes_per_site_month > 0:
         raise ValueError(f"episodes_per_site_month must be > 0, got {episodes_per_site_month}")
     start_month = _parse_start(start)
+    if scenario is not None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; known: {sorted(SCENARIOS)}")
+        true_effects = {**copy.deepcopy(SCENARIOS[scenario]), **(true_effects or {})}
     params, overrides = _merge_effects(true_effects)
     if not recognition_expansion:
         params["recognition_expansion"] = 0.0
@@ -369,6 +492,8 @@ def simulate_collaborative(
         params=params, overrides=overrides, site=site, latent=latent, latent_sm=latent_sm,
         episodes=episodes,
     )
+    if _scenario_active(params, scenario):
+        truth["scenario"] = _jsonable(_scenario_truth(scenario, params, site, latent, latent_sm))
     step("truth")
     return SimulatedCollaborative(episodes, sites_df, site_months, truth, latent, latent_sm)
 
@@ -401,10 +526,13 @@ def _simulate_sites(seed, K, M, start_month, params, episodes_per_site_month) ->
     proc_re = params["process_site_logit_sd"] * rng.standard_normal((K, 3))
     time_re = params["time_site_log_sd"] * rng.standard_normal((K, 2))
     los_re = params["los_site_log_sd"] * rng.standard_normal(K)
+    # scenario: site-specific direct effect deviations (own stream: other draws unchanged)
+    direct_re = params["post_direct_rr_site_sd"] * _rng(seed, "direct-effect-sites").standard_normal(K)
     return {
         "site_id": site_id, "site_name": names, "beds": beds, "region": region, "wave": wave,
         "go_idx": go_idx, "go_live": go_live, "rate": rate, "adm_mean": adm_mean,
         "mort_re": mort_re, "proc_re": proc_re, "time_re": time_re, "los_re": los_re,
+        "direct_re": direct_re,
     }
 
 
@@ -421,10 +549,16 @@ def _simulate_site_months(seed, site, K, M, start_month, params, scale) -> dict:
         site["adm_mean"][s] * scale * (1 + params["admissions_winter_amplitude"] * winter)
         * (1 + params["admissions_trend_per_year"]) ** years
     )
+    shock_adm = _shock_factor(m, params, "admissions_rr")
+    if shock_adm is not None:
+        adm_mu = adm_mu * shock_adm
     admissions = rng_a.poisson(adm_mu)
     lam_base = admissions * site["rate"][s] / 1000.0 * (1 + params["sepsis_winter_amplitude"] * winter)
+    shock_rate = _shock_factor(m, params, "sepsis_rate_rr")
+    if shock_rate is not None:
+        lam_base = lam_base * shock_rate
     event_month = m - site["go_idx"][s]
-    ramp_mid = _ramp(event_month + 0.5, params["ramp_months"]) * (event_month >= 0)
+    ramp_mid = _effect_path(event_month + 0.5, params) * (event_month >= 0)
     lam_extra = lam_base * params["recognition_expansion"] * ramp_mid
     n_base = rng_v.poisson(lam_base)
     n_extra = rng_v.poisson(lam_extra)
@@ -464,7 +598,7 @@ def _simulate_episodes(seed, site, sm, start_month, params) -> dict:
     go_min = site["go_live"].astype("datetime64[m]").astype(np.int64)[s]
     years = (t0 - start_min) / (MINUTES_PER_DAY * DAYS_PER_YEAR)
     months_since = (t0 - go_min) / (MINUTES_PER_DAY * DAYS_PER_MONTH)
-    ramp = _ramp(months_since, params["ramp_months"]) * (months_since >= 0)
+    ramp = _effect_path(months_since, params) * (months_since >= 0)
 
     # ---- case mix -------------------------------------------------------------------------------
     rng = _rng(seed, "casemix")
@@ -582,6 +716,9 @@ def _simulate_episodes(seed, site, sm, start_month, params) -> dict:
     for band in ("<1", "5-12", "13+"):
         eta_cm = eta_cm + np.log(cm[f"age_{band}"]) * (age_band == band)
     eta_site_time = site["mort_re"][s] + np.log(params["secular_trend_rr_per_year"]) * years
+    shock_mort = _shock_factor(sm["m"][sm_idx], params, "mortality_rr")
+    if shock_mort is not None:  # calendar shock: both worlds
+        eta_site_time = eta_site_time + np.log(shock_mort)
 
     def eta_process(t_abx, t_bolus, proc):
         hours = np.where(np.isnan(t_abx), pr["antibiotic_hours_cap"], np.clip(t_abx / 60.0, 0, pr["antibiotic_hours_cap"]))
@@ -595,6 +732,8 @@ def _simulate_episodes(seed, site, sm, start_month, params) -> dict:
         )
 
     eta_act = eta_cm + eta_site_time + eta_process(times["antibiotic"]["act"], times["bolus"]["act"], proc_act) + np.log(params["post_direct_rr"]) * ramp
+    if params["post_direct_rr_site_sd"] > 0:  # scenario: site-specific direct effect
+        eta_act = eta_act + site["direct_re"][s] * ramp
     eta_cf = eta_cm + eta_site_time + eta_process(times["antibiotic"]["cf"], times["bolus"]["cf"], proc_cf)
     p30_act = np.minimum(params["risk_cap"], np.exp(eta_act))
     p30_cf = np.minimum(params["risk_cap"], np.exp(eta_cf))
@@ -1038,11 +1177,167 @@ def _truth(*, seed, K, M, start, scale, episodes_per_site_month, recognition_exp
             **{k: params[k] for k in ("los_median_days", "los_log_sd", "los_site_log_sd", "los_log_terms", "los_trend_per_year", "los_post_rr")},
         },
         "estimands": estimands,
-        "parameters": params,
+        "parameters": {k: v for k, v in params.items() if k in DEFAULT_EFFECTS},
         "waves": waves,
         "sites": sites_truth,
     }
     return _jsonable(truth)
+
+
+# ---------------------------------------------------------------------------------------------
+# scenario truth (issue 12): event-time paths; only written when a scenario is active
+
+EVENT_TIME_RANGE = (-12, 36)  # event months reported in truth["scenario"]["event_time_truth"]
+
+_PATH_SHAPES = {
+    "constant": "clip(m / ramp_months, 0, 1)",
+    "growing": "min(m / dynamics_months, dynamics_cap)",
+    "waning": "clip(m / ramp_months, 0, 1) * exp(-max(m - ramp_months, 0) / dynamics_months)",
+}
+
+
+def _scenario_truth(scenario, params, site, latent, latent_sm) -> dict:
+    """Scenario parameters, the shape of the effect path and the true event-time path of the
+    mortality and recognition estimands (event months -12..36)."""
+    e_ep = latent["event_month"].to_numpy()
+    pa = latent["p_sam30_actual"].to_numpy()
+    pc = latent["p_sam30_counterfactual"].to_numpy()
+    e_sm = latent_sm["event_month"].to_numpy()
+    act = latent_sm["expected_episodes_actual"].to_numpy()
+    cf = latent_sm["expected_episodes_counterfactual"].to_numpy()
+    lo, hi = EVENT_TIME_RANGE
+    ev = np.arange(lo, hi + 1)
+    rows_sam, rows_rec, n_sites = [], [], []
+    for e in ev:
+        m, msm = e_ep == e, e_sm == e
+        rows_sam.append(_ratio(pa[m].sum(), pc[m].sum()) if m.any() else None)
+        rows_rec.append(_ratio(act[msm].sum(), cf[msm].sum()) if msm.any() else None)
+        n_sites.append(int(latent_sm.loc[msm, "site_id"].nunique()))
+    dyn = params["effect_dynamics"]
+    d = params["dynamics_months"] or _DYNAMICS_MONTHS.get(dyn)
+    path = _effect_path(np.maximum(ev + 0.5, 0.0), params) * (ev >= 0)
+    return {
+        "name": scenario,
+        "parameters": {k: params[k] for k in SCENARIO_DEFAULTS},
+        "effect_path": {
+            "dynamics": dyn,
+            "shape": f"every post-go-live change (log/logit scale) x path(m), m = months since go-live: "
+            f"{_PATH_SHAPES[dyn]}",
+            "ramp_months": params["ramp_months"],
+            "dynamics_months": d,
+            "dynamics_cap": params["dynamics_cap"],
+            "direct_mortality_rr_at_mid_month": [float(params["post_direct_rr"] ** v) for v in path],
+        },
+        "site_direct_log_rr": {
+            str(site["site_id"][i]): float(np.log(params["post_direct_rr"]) + site["direct_re"][i])
+            for i in range(len(site["site_id"]))
+        },
+        "calendar_shocks": params["calendar_shocks"],
+        "event_time_truth": {
+            "definition": "sam30_rr: sum of actual / counterfactual model 30-day SAM risks over the episodes "
+            "in that event month (as estimands.sam30_rr_12m); recognition_rr: expected episodes actual / "
+            "counterfactual over the site-months in that event month (as recognition_rr_12m); path: the "
+            "effect-path multiplier at mid-month",
+            "event_month": ev.tolist(),
+            "path": path.tolist(),
+            "sam30_rr": rows_sam,
+            "recognition_rr": rows_rec,
+            "n_sites": n_sites,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# expected-value panels (issue 12 validation): one rate outcome per site-month with the same effect
+# path, site-heterogeneous effects and calendar shocks as the simulator, noise-free or Poisson
+
+
+@dataclass
+class SimulatedPanel:
+    """Site-month panel: ``data`` (site_id, month, go_live_month, event_month, exposure, y, y0, y1)
+    and ``truth`` (ratio of actual to counterfactual expected counts by event month)."""
+
+    data: pd.DataFrame
+    truth: pd.DataFrame
+    params: dict
+
+    def truth_at(self, e: int) -> float:
+        return float(self.truth.set_index("event_month").loc[int(e), "rr"])
+
+    def truth_between(self, first: int, last: int) -> float:
+        d = self.data[(self.data["event_month"] >= first) & (self.data["event_month"] <= last)]
+        return float(d["y1"].sum() / d["y0"].sum())
+
+
+def simulate_panel(
+    *,
+    seed: int = DEFAULT_SEED,
+    sites: int = 57,
+    start: str = "2016-01",
+    months: int = 84,
+    expected_count: float = 1e6,
+    noise: bool = False,
+    scenario: str | None = None,
+    true_effects: dict | None = None,
+    site_trend_sd: float = 0.02,
+    trend_per_year: float = -0.015,
+) -> SimulatedPanel:
+    """A site-month panel of one rate outcome (deaths-like) with known truth, for estimator checks.
+
+    ``y0`` (counterfactual mean) = exposure x site rate x exp(site trend x years) x (1 + 0.15 cos
+    winter) x calendar shocks (``admissions_rr`` on the exposure, ``sepsis_rate_rr`` x
+    ``mortality_rr`` on the rate); ``y1 = y0 x RR_s ** path(event month + 0.5)`` with the
+    simulator's :func:`_effect_path`, ``RR_s = post_direct_rr x exp(N(0, post_direct_rr_site_sd))``
+    and the same waves. ``y`` = ``y1`` (``noise=False``, about ``expected_count`` per site-month)
+    or Poisson(``y1``). Scenario and ``true_effects`` as in :func:`simulate_collaborative`."""
+    if scenario is not None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; known: {sorted(SCENARIOS)}")
+        true_effects = {**copy.deepcopy(SCENARIOS[scenario]), **(true_effects or {})}
+    params, _ = _merge_effects(true_effects)
+    K, M = int(sites), int(months)
+    start_month = _parse_start(start)
+    rng = _rng(seed, "panel")
+    fr = np.asarray(params["wave_fractions"], dtype=float)
+    wave = 1 + (rng.permutation(K) * len(fr)) // K
+    go_idx = np.clip(np.round(fr * M).astype(int), 1, M - 1)[wave - 1]
+    size = expected_count * np.exp(0.3 * rng.standard_normal(K))
+    trend = trend_per_year + site_trend_sd * rng.standard_normal(K)
+    log_rr = np.log(params["post_direct_rr"]) + params["post_direct_rr_site_sd"] * rng.standard_normal(K)
+    s = np.repeat(np.arange(K), M)
+    m = np.tile(np.arange(M), K)
+    month = start_month + m
+    winter = np.cos(2 * np.pi * (month.astype(int) % 12) / 12.0)
+    years = (m + 0.5) / 12.0
+    exposure = (1 + 0.10 * winter) * 1.01**years * 1e3
+    rate = size[s] / 1e3 * np.exp(trend[s] * years) * (1 + 0.15 * winter)
+    for key, target in (("admissions_rr", "exposure"), ("sepsis_rate_rr", "rate"), ("mortality_rr", "rate")):
+        f = _shock_factor(m, params, key)
+        if f is not None:
+            if target == "exposure":
+                exposure = exposure * f
+            else:
+                rate = rate * f
+    e = m - go_idx[s]
+    path = _effect_path(np.maximum(e + 0.5, 0.0), params) * (e >= 0)
+    y0 = exposure * rate
+    y1 = y0 * np.exp(log_rr[s] * path)
+    y = _rng(seed, "panel-noise").poisson(y1).astype(float) if noise else y1
+    data = pd.DataFrame(
+        {
+            "site_id": [f"P{i + 1:02d}" for i in s],
+            "month": pd.to_datetime(month.astype("datetime64[D]")),
+            "go_live_month": pd.to_datetime((start_month + go_idx[s]).astype("datetime64[D]")),
+            "event_month": e,
+            "exposure": exposure,
+            "y": y,
+            "y0": y0,
+            "y1": y1,
+        }
+    )
+    g = data.groupby("event_month")
+    truth = pd.DataFrame({"rr": g["y1"].sum() / g["y0"].sum(), "n_sites": g.size()}).reset_index()
+    return SimulatedPanel(data=data, truth=truth, params=params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1094,7 +1389,8 @@ def _summary_dict(sim: SimulatedCollaborative) -> dict[str, Any]:
 
 
 def run_simulate_command(out: Path, seed: int, sites: int, start: str, months: int, scale: float,
-                         episodes_per_site_month: float | None, json_out: bool) -> dict:
+                         episodes_per_site_month: float | None, json_out: bool,
+                         scenario: str | None = None) -> dict:
     """CLI body of ``ipso simulate``: simulate, write the files, print a summary (table or JSON)."""
     from .console import console, print_json, progress
 
@@ -1109,11 +1405,13 @@ def run_simulate_command(out: Path, seed: int, sites: int, start: str, months: i
             seed=seed, sites=sites, start=start, months=months, scale=scale,
             episodes_per_site_month=episodes_per_site_month,
             progress=lambda name: bar.update(task, advance=1, description=f"simulated {name}"),
+            scenario=scenario,
         )
         bar.update(task, description="writing files")
         paths = write_collaborative(sim, out)
         bar.update(task, advance=1, description="done")
-    summary = {**_summary_dict(sim), "seconds": round(time.perf_counter() - t_start, 2),
+    extra = {"scenario": scenario} if scenario is not None else {}
+    summary = {**_summary_dict(sim), **extra, "seconds": round(time.perf_counter() - t_start, 2),
                "files": {k: str(v) for k, v in paths.items()}}
     if json_out:
         print_json(summary)

@@ -26,6 +26,9 @@ SCRIPTS = [
     ["bench_funnel_null.py"],
     ["bench_spc_null.py", "--runs", "1000"],
     ["bench_eb_coverage.py"],
+    ["bench_staggered.py", "noise-free"],
+    ["bench_staggered.py", "panel", "--replicates", "200", "--count", "20", "--jobs", "2"],
+    ["bench_staggered.py", "sim", "--replicates", "200", "--jobs", "2"],
 ]
 
 
