@@ -130,6 +130,27 @@ def test_kernel_threads_size_blas_pools_but_keep_the_callers_setting(tmp_path, m
     assert out.cells[0].outputs[0]["text"].strip() == "['1', '1', '3']"
 
 
+def test_kernels_talk_over_ipc_and_print_no_tcp_warning(tmp_path, capfd):
+    """ipykernel warns "Kernel is running over TCP without encryption" at every start over TCP;
+    report kernels (warm ones and papermill's) use local IPC sockets instead."""
+    from analysis import render
+    from analysis.kernelpool import IpcKernelManager
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    log = tmp_path / "kernel.log"
+    with WarmKernel(preload=("os",), log_path=str(log)) as kernel:
+        assert kernel.km.transport == "ipc" and Path(kernel.km.ip).is_absolute()
+        assert kernel.execute(nb, tmp_path / "w").cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in log.read_text()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    out = render.execute_notebook(tmp_path / "nb.ipynb", {}, tmp_path / "out.ipynb", cwd=tmp_path)
+    assert out.cells[-1].outputs[0]["text"] == "42\n"
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
+    assert IpcKernelManager().transport == "ipc"
+
+
 def test_warm_kernel_does_not_leak_site_a_into_site_b(tmp_path):
     """Render A then B on ONE warm kernel: B's namespace, figures, folder and HTML hold nothing of A."""
     d = write_data(tmp_path / "d", sites=("ALPHA", "BRAVO"))
