@@ -326,14 +326,14 @@ def find_quarto() -> str | None:
 
 
 def _notebook_parameter_names(path: Path) -> set[str] | None:
-    """Names declared in the notebook's "parameters" cell (None when it has none)."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
+    """Names declared in the notebook's "parameters" cell (None when it has none). Plain JSON
+    (no nbformat: a run with nothing to render must stay fast)."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
             names = set()
-            for line in cell.source.splitlines():
+            source = cell.get("source", "")
+            for line in ("".join(source) if isinstance(source, list) else source).splitlines():
                 head = line.split("#", 1)[0]
                 if "=" in head and not head.startswith((" ", "\t")):
                     name = head.split("=", 1)[0].split(":", 1)[0].strip()

@@ -51,11 +51,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import nbformat
+from typing import TYPE_CHECKING, Any
 
 from . import privacy
+
+if TYPE_CHECKING:  # nbformat is imported where it is used: `ipso render` with nothing to do stays fast
+    import nbformat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -275,6 +276,7 @@ def export_html(nb_node: nbformat.NotebookNode, out_path: str | Path, *,
 
     `renderer_label` goes into the page's metadata (the notebook's footer states the renderer).
     """
+    import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
@@ -494,6 +496,8 @@ def quarto_render_items(items: Sequence[QuartoItem], stage_dir: str | Path,
     again on its own (in ``<stage_dir>/alone-<i>``), so only the notebooks Quarto cannot render fail,
     each with Quarto's error. HTML pages link to the PDF only when PDFs are rendered too.
     """
+    import nbformat
+
     exe = quarto or find_quarto()
     fmts = parse_formats(list(formats))
     stage_dir = Path(stage_dir)
@@ -621,6 +625,8 @@ def render_executed(executed_ipynb: str | Path, out_dir: str | Path, *,
     missing from the returned mapping ``{format: path}``. Raises RuntimeError with Quarto's error
     when Quarto fails.
     """
+    import nbformat
+
     executed_ipynb = Path(executed_ipynb)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -661,6 +667,7 @@ def execute_notebook(notebook: str | Path, parameters: Mapping[str, Any], output
     Raises :class:`papermill.PapermillExecutionError` when a cell fails (the partly executed
     notebook is still written to `output_path` for diagnosis).
     """
+    import nbformat
     import papermill as pm
 
     from .kernelpool import IpcKernelManager
