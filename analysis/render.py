@@ -430,33 +430,32 @@ def _run_quarto(exe: str, stage_dir: Path, fmt: str, *, link_pdf: bool,
         # "Other formats" links only to what this call's caller produces, under the same stem
         args += ["-M", "format-links:[typst]" if link_pdf else "format-links:false"]
     t0 = time.perf_counter()
+    # one stream (Quarto logs to stderr), read by a thread, so the timeout below always applies
     proc = subprocess.Popen(args, cwd=stage_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, errors="replace")
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
     starts: list[tuple[float, str]] = []
-    err_lines: list[str] = []
+    lines: list[str] = []
 
-    def read_stderr() -> None:
-        for line in proc.stderr:  # type: ignore[union-attr]
+    def read_output() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
             clean = _ANSI.sub("", line).rstrip()
             m = _PROGRESS.match(clean)
             if m:
                 starts.append((time.perf_counter() - t0, m.group(3)))
-            err_lines.append(clean)
+            lines.append(clean)
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
-    out = proc.stdout.read()  # type: ignore[union-attr]
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         code = -9
-        err_lines.append(f"quarto render timed out after {timeout:.0f} s and was stopped")
     reader.join(timeout=10)
-    wall = time.perf_counter() - t0
-    text = "\n".join(err_lines) + ("\n" + out if out.strip() else "")
-    return code, text, wall, starts
+    if code == -9:
+        lines.append(f"quarto render timed out after {timeout:.0f} s and was stopped")
+    return code, "\n".join(lines), time.perf_counter() - t0, starts
 
 
 def _quarto_error(text: str) -> str:

@@ -240,3 +240,23 @@ def test_publish_is_atomic_and_refuses_pages_that_load_from_the_network(tmp_path
         render.publish([(bad, final)])
     assert final.read_text() == good.read_text()  # the published report is untouched
     assert sorted(p.name for p in final.parent.iterdir()) == ["r.html"]  # no temp left behind
+
+
+def test_a_quarto_call_that_hangs_is_stopped_and_one_that_fails_reports_quartos_error(tmp_path):
+    nb = tmp_path / "r.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("hello")]), nb)
+    hang = tmp_path / "hang" / "quarto"
+    hang.parent.mkdir()
+    hang.write_text("#!/bin/sh\necho '[1/1] r.ipynb' >&2\nexec sleep 60\n")
+    fail = tmp_path / "fail" / "quarto"
+    fail.parent.mkdir()
+    fail.write_text("#!/bin/sh\necho 'ERROR: YAMLException: bad indentation' >&2\nexit 1\n")
+    for exe in (hang, fail):
+        exe.chmod(0o755)
+    item = [render.QuartoItem(nb, "r")]
+    res = render.quarto_render_items(item, tmp_path / "s1", quarto=str(hang), timeout=1)["r"]
+    assert "timed out after 1 s" in res.error and res.files == {}
+    res = render.quarto_render_items(item, tmp_path / "s2", quarto=str(fail))["r"]
+    assert res.error.startswith("quarto render failed") and "YAMLException" in res.error
+    with pytest.raises(ValueError, match="ignores"):
+        render.quarto_render_items(item, tmp_path / ".hidden", quarto=str(fail))
