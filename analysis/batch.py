@@ -18,15 +18,24 @@ How it is fast:
   table, or the whole data for the collaborative report; the shared artefacts; the notebook; the
   package code; library versions; parameters). A report whose key and outputs are unchanged is not
   re-rendered, and when nothing needs rendering no kernel or worker is started at all.
-* With Quarto on PATH, the executed notebooks of a run are rendered by one Quarto project render.
+* The render step runs in the workers too, in parallel: with nbconvert each report is exported
+  right after it is executed; with Quarto a worker is handed a few site reports at a time (fewer as
+  the run nears its end), executes them, then renders them with ONE ``quarto render`` call (Deno
+  start-up and the theme compilation are paid once per call, not per report). A Quarto failure is
+  retried one report at a time (:func:`analysis.render.quarto_render_items`), so one bad report
+  never stops the others, and each report's time includes its share of the Quarto step.
 
 How it is safe:
 
-* Every report runs in its own working folder; a failing report (error, timeout, dead kernel or
-  dead worker) is recorded with its error and its executed notebook is kept, the others finish.
-* Publishing is atomic: a report is written to a temporary sibling and ``os.replace``-d into place,
-  and the manifest is rewritten (atomically) after every report, so a run killed at any moment
-  leaves either the previous complete report or none, and the next run repairs it.
+* Every report runs in its own working folder; a failing report (error, timeout, dead kernel,
+  Quarto error or dead worker) is recorded with its error and its executed notebook is kept, the
+  others finish. When a worker dies with several reports in hand, those it had not finished are
+  run again one by one, so only the report that kills a worker fails.
+* Publishing is atomic and goes through one function for both renderers
+  (:func:`analysis.render.publish`): a report is written to a temporary sibling and
+  ``os.replace``-d into place, and the manifest is rewritten (atomically) after every report, so a
+  run killed at any moment leaves either the previous complete report or none, and the next run
+  repairs it.
 
 Executors: ``local`` (worker processes on this machine) or ``dask`` (a ``dask.distributed``
 cluster; ``scheduler`` address or a LocalCluster; paths must be visible to every worker).
@@ -53,9 +62,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from . import render as _render
 from .validate import file_sha256 as _file_sha
 
-FORMATS = ("html", "pdf")
+FORMATS = _render.FORMATS
 EXECUTORS = ("local", "dask")
 COLLABORATIVE_ID = "collaborative"
 MANIFEST_FILE = "manifest.json"
@@ -63,7 +73,10 @@ INDEX_FILE = "index.html"
 SHARED_DIRNAME = "_shared"
 WORK_DIRNAME = "_work"
 SHARED_STAMP = ".ipso-shared.json"
-TMP_MARK = ".tmp-"
+TMP_MARK = _render.TMP_MARK
+#: Site reports a worker executes before one Quarto call renders them all (fewer near the end of
+#: a run; nbconvert has no per-call cost: one report at a time).
+QUARTO_CHUNK = 8
 #: Test hook: "<raise|exit|hang>-after-temp:<report_id>" fails that report after its temporary file is
 #: written and before it is published (simulates a crash mid-publish).
 FAULT_ENV = "IPSO_BATCH_FAULT"
@@ -300,47 +313,27 @@ def git_state(path: Path = PACKAGE_DIR) -> dict[str, Any]:
 
 
 # =============================================================================================
-# Renderer helpers (analysis.render's building blocks when present, private equivalents otherwise)
-def _render_module():
-    try:
-        return importlib.import_module("analysis.render")
-    except ImportError:
-        return None
-
-
+# Renderer helpers (analysis.render's building blocks)
 def pseudonym_key(out_dir: Path) -> str:
     """The run folder's secret pseudonym key (analysis.render.run_key_for): created once, so a
     hospital keeps its pseudonym in every report of the folder, re-rendered or not."""
-    mod = _render_module()
-    if mod is not None and hasattr(mod, "run_key_for"):
-        return mod.run_key_for(out_dir)
-    import secrets
-
-    path = out_dir / WORK_DIRNAME / "run_key"
-    if path.exists():
-        return path.read_text().strip()
-    key = secrets.token_hex(16)
-    atomic_write_text(path, key + "\n")
-    return key
+    return _render.run_key_for(out_dir)
 
 
 def find_quarto() -> str | None:
     """Path of the quarto CLI, or None."""
-    mod = _render_module()
-    if mod is not None and hasattr(mod, "find_quarto"):
-        return mod.find_quarto()
-    return shutil.which("quarto")
+    return _render.find_quarto()
 
 
 def _notebook_parameter_names(path: Path) -> set[str] | None:
-    """Names declared in the notebook's "parameters" cell (None when it has none)."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
+    """Names declared in the notebook's "parameters" cell (None when it has none). Plain JSON
+    (no nbformat: a run with nothing to render must stay fast)."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
             names = set()
-            for line in cell.source.splitlines():
+            source = cell.get("source", "")
+            for line in ("".join(source) if isinstance(source, list) else source).splitlines():
                 head = line.split("#", 1)[0]
                 if "=" in head and not head.startswith((" ", "\t")):
                     name = head.split("=", 1)[0].split(":", 1)[0].strip()
@@ -351,16 +344,8 @@ def _notebook_parameter_names(path: Path) -> set[str] | None:
 
 
 def parameterize(notebook_path: Path, parameters: Mapping[str, Any]):
-    """Read the notebook and inject `parameters` (analysis.render.parameterize when present)."""
-    mod = _render_module()
-    if mod is not None and hasattr(mod, "parameterize"):
-        nb = mod.parameterize(notebook_path, dict(parameters))
-    else:
-        import nbformat
-
-        from .kernelpool import parameterize as _param
-
-        nb = _param(nbformat.read(notebook_path, as_version=4), parameters)
+    """Read the notebook and inject `parameters` (analysis.render.parameterize)."""
+    nb = _render.parameterize(notebook_path, dict(parameters))
     for cell in nb.cells:  # papermill gives the injected cell a random id: outputs must not vary
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             cell["id"] = "injected-parameters"
@@ -368,18 +353,8 @@ def parameterize(notebook_path: Path, parameters: Mapping[str, Any]):
 
 
 def export_html(nb, out_path: Path, *, renderer_label: str = "nbconvert") -> None:
-    """Code-hidden, self-contained HTML of an executed notebook (analysis.render's when present)."""
-    mod = _render_module()
-    if mod is not None and hasattr(mod, "export_html"):
-        mod.export_html(nb, out_path, renderer_label=renderer_label)
-        return
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(
-        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True
-    )
-    body, _ = exporter.from_notebook_node(nb)
-    Path(out_path).write_text(body, encoding="utf-8")
+    """Code-hidden, self-contained HTML of an executed notebook (analysis.render.export_html)."""
+    _render.export_html(nb, out_path, renderer_label=renderer_label)
 
 
 def export_pdf(nb, out_path: Path) -> None:
@@ -410,10 +385,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 
 
 def _remove_stale_temps(out_dir: Path) -> int:
@@ -474,12 +445,60 @@ def shutdown_kernels() -> int:
     return len(kernels)
 
 
-def render_task(task: Mapping[str, Any], kernel=None) -> dict[str, Any]:
-    """Execute one report notebook on a warm kernel and publish its outputs atomically.
+def render_tasks(tasks: Sequence[Mapping[str, Any]], kernel=None,
+                 emit: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Execute a chunk of reports one after another on one warm kernel, render them and publish
+    each one's outputs atomically (:func:`analysis.render.publish`).
 
-    `task` is a plain dict (it crosses process and cluster boundaries); the result is one too.
-    Never raises for a report failure: the result carries status "failed" and the error.
+    nbconvert: each report is exported and published right after it is executed. Quarto: the
+    chunk's executed notebooks are rendered by one Quarto call (a report Quarto fails on is
+    retried alone, so it fails alone). Tasks are plain dicts (they cross process and cluster
+    boundaries); so are results, one per task, passed to `emit` as soon as each is final and
+    returned in that order. Never raises for a report failure: the result carries status "failed"
+    and the error.
     """
+    results: list[dict[str, Any]] = []
+
+    def final(res: dict[str, Any]) -> None:
+        res["seconds"] = round((res.get("execute_seconds") or 0) + (res.get("export_seconds") or 0), 3)
+        results.append(res)
+        if emit is not None:
+            emit(res)
+
+    executed: list[tuple[Mapping[str, Any], dict[str, Any], Path]] = []
+    for task in tasks:
+        res, nb = _execute_task(task, kernel)
+        if nb is None:
+            final(res)
+        elif task["renderer"] == "quarto":
+            executed.append((task, res, Path(task["out_dir"]) / res["executed_notebook"]))
+        else:
+            t1 = time.perf_counter()
+            _guarded(res, lambda t=task, r=res, n=nb: _export_nbconvert(t, r, n))
+            res["export_seconds"] = round(time.perf_counter() - t1, 3)
+            final(res)
+    if executed:
+        for res in _render_quarto(executed):
+            final(res)
+    return results
+
+
+def render_task(task: Mapping[str, Any], kernel=None) -> dict[str, Any]:
+    """Execute, render and publish one report (:func:`render_tasks` of a single task)."""
+    return render_tasks([task], kernel)[0]
+
+
+def _guarded(res: dict[str, Any], step: Callable[[], None]) -> None:
+    """Run one step of a report; an exception fails that report (never the batch)."""
+    try:
+        step()
+        res["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - a report's failure is recorded, never raised
+        res.update(status="failed", outputs={}, error=f"{type(exc).__name__}: {exc}")
+
+
+def _execute_task(task: Mapping[str, Any], kernel) -> tuple[dict[str, Any], Any]:
+    """Execute one report notebook in its own work folder: (result, executed notebook or None)."""
     import nbformat
 
     from .kernelpool import ReportExecutionError
@@ -487,15 +506,13 @@ def render_task(task: Mapping[str, Any], kernel=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     rid = task["report_id"]
     work = Path(task["work_dir"])
-    out_dir = Path(task["out_dir"])
     executed = work / f"{rid}.ipynb"
-    result: dict[str, Any] = {
+    res: dict[str, Any] = {
         "report_id": rid, "status": "failed", "outputs": {}, "error": None,
-        "executed_notebook": str(executed.relative_to(out_dir)),
+        "executed_notebook": str(executed.relative_to(Path(task["out_dir"]))),
         "worker": f"{os.uname().nodename}:{os.getpid()}",
         "execute_seconds": None, "export_seconds": None,
     }
-    temps: list[Path] = []
     try:
         if work.exists():
             shutil.rmtree(work)
@@ -509,46 +526,81 @@ def render_task(task: Mapping[str, Any], kernel=None) -> dict[str, Any]:
         except ReportExecutionError as exc:
             if exc.notebook is not None:
                 nbformat.write(exc.notebook, executed)
-            result["error"] = str(exc)
-            return result
-        finally:
-            result["execute_seconds"] = round(time.perf_counter() - t0, 3)
-        mod = _render_module()
-        if mod is not None and hasattr(mod, "sanitize_executed"):
-            nb = mod.sanitize_executed(nb)  # no wall-clock timestamps in kept notebooks
+            res["error"] = str(exc)
+            return res, None
+        nb = _render.sanitize_executed(nb)  # no wall-clock timestamps in kept notebooks
         nbformat.write(nb, executed)
-        t1 = time.perf_counter()
-        if task["renderer"] != "quarto":
-            for fmt, rel in task["outputs"].items():
-                final = out_dir / rel
-                final.parent.mkdir(parents=True, exist_ok=True)
-                tmp = _temp_sibling(final)
-                temps.append(tmp)
-                if fmt == "html":
-                    export_html(nb, tmp, renderer_label=task["renderer"])
-                else:
-                    export_pdf(nb, tmp)
-                _fault(task.get("fault"), rid, "after-temp")
-                os.replace(tmp, final)
-                result["outputs"][fmt] = rel
-        result["export_seconds"] = round(time.perf_counter() - t1, 3)
-        result["status"] = "executed" if task["renderer"] == "quarto" else "ok"
-        return result
-    except Exception as exc:  # a report's failure must never escape into the batch
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        return result
+        res["status"] = "executed"
+        return res, nb
+    except Exception as exc:  # noqa: BLE001 - a report's failure must never escape into the batch
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        return res, None
     finally:
-        for tmp in temps:
-            if tmp.exists():
-                tmp.unlink()
-        result["seconds"] = round(time.perf_counter() - t0, 3)
+        res["execute_seconds"] = round(time.perf_counter() - t0, 3)
+
+
+def _publish_hook(task: Mapping[str, Any]) -> Callable[[Path, Path], None]:
+    """Fault-injection point of :func:`analysis.render.publish` (tests; FAULT_ENV)."""
+    return lambda tmp, final: _fault(task.get("fault"), task["report_id"], "after-temp")
+
+
+def _export_nbconvert(task: Mapping[str, Any], res: dict[str, Any], nb) -> None:
+    """nbconvert: export each format into the report's work folder, then publish it."""
+    out_dir = Path(task["out_dir"])
+    for fmt, rel in task["outputs"].items():
+        staged = Path(task["work_dir"]) / "nbconvert" / Path(rel).name
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "html":
+            export_html(nb, staged, renderer_label=task["parameters"].get("renderer", "nbconvert"))
+        else:
+            export_pdf(nb, staged)
+        _render.publish([(staged, out_dir / rel)], before_replace=_publish_hook(task))
+        res["outputs"][fmt] = rel
+
+
+def _render_quarto(executed: Sequence[tuple[Mapping[str, Any], dict[str, Any], Path]]) -> list[dict[str, Any]]:
+    """Quarto: render a chunk's executed notebooks with one call (staged under the published
+    names, so format links match), then publish each report's files."""
+    first = executed[0][0]
+    out_dir = Path(first["out_dir"])
+    fmts = list(first["outputs"])
+    stems = {task["report_id"]: str(Path(task["outputs"][fmts[0]]).with_suffix(""))
+             for task, _, _ in executed}
+    stage = out_dir / WORK_DIRNAME / "_quarto" / first["report_id"]
+    items = [_render.QuartoItem(nb_path, stems[task["report_id"]]) for task, _, nb_path in executed]
+    try:
+        rendered = _render.quarto_render_items(items, stage, fmts)
+    except Exception as exc:  # noqa: BLE001 - staging problems fail the chunk's reports, not the run
+        rendered = {it.stem: _render.QuartoResult(it.stem, error=f"{type(exc).__name__}: {exc}")
+                    for it in items}
+    out = []
+    for task, res, _ in executed:
+        q = rendered[stems[task["report_id"]]]
+        res["export_seconds"] = round(q.seconds, 3)
+        if q.error:
+            res.update(status="failed", error=f"Quarto: {q.error}")
+        else:
+            def publish_all(task=task, res=res, q=q) -> None:
+                for fmt, rel in task["outputs"].items():
+                    _render.publish([(q.files[fmt], out_dir / rel)], before_replace=_publish_hook(task))
+                    res["outputs"][fmt] = rel
+            _guarded(res, publish_all)
+        out.append(res)
+    if all(r["status"] == "ok" for r in out):
+        shutil.rmtree(stage, ignore_errors=True)  # kept for diagnosis when something failed
+    return out
+
+
+#: What a local worker sends after the last result of a chunk.
+CHUNK_DONE = "chunk-done"
 
 
 def _local_worker_main() -> None:
     """Entry point of a local worker process (started by run_local with ``python -c``).
 
-    Reads pickled tasks from the pipe on fd IPSO_WORKER_IN, answers on fd IPSO_WORKER_OUT,
-    until it receives None or the parent goes away.
+    Reads pickled chunks (lists of tasks) from the pipe on fd IPSO_WORKER_IN and answers on fd
+    IPSO_WORKER_OUT with one result per report as soon as it is final, then ``CHUNK_DONE``, until
+    it receives None or the parent goes away.
     """
     from multiprocessing.connection import Connection
 
@@ -567,12 +619,13 @@ def _local_worker_main() -> None:
     try:
         while True:
             try:
-                task = rx.recv()
+                chunk = rx.recv()
             except EOFError:
                 break
-            if task is None:
+            if chunk is None:
                 break
-            tx.send(render_task(task, kernel=kernel))
+            render_tasks(chunk, kernel=kernel, emit=tx.send)
+            tx.send(CHUNK_DONE)
     finally:
         kernel.shutdown()
 
@@ -625,17 +678,21 @@ class _LocalWorker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def render(self, task: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The worker's result for `task`, or None when the worker died on it."""
+    def render(self, chunk: Sequence[Mapping[str, Any]], on_result: Callable[[dict[str, Any]], None]) -> bool:
+        """Send a chunk of tasks; pass each result to `on_result` as it arrives. False when the
+        worker died (or its pipe broke) before finishing the chunk."""
         try:
-            self.tx.send(dict(task))
+            self.tx.send([dict(t) for t in chunk])
             while True:
-                if self.rx.poll(0.25):
-                    return self.rx.recv()
-                if not self.alive:
-                    return self.rx.recv() if self.rx.poll(0) else None
+                if self.rx.poll(0.25) or not self.alive:
+                    if not self.rx.poll(0):
+                        return False  # dead, and nothing left in the pipe
+                    msg = self.rx.recv()
+                    if msg == CHUNK_DONE:
+                        return True
+                    on_result(msg)
         except (EOFError, OSError):
-            return None
+            return False
 
     def close(self, timeout: float = 30) -> None:
         try:
@@ -672,12 +729,59 @@ def _temp_sibling_glob_cleanup(final: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+class ChunkQueue:
+    """The tasks of a run, handed out in chunks (thread-safe).
+
+    A chunk holds consecutive tasks of the same notebook. nbconvert: one task per chunk. Quarto:
+    up to :data:`QUARTO_CHUNK`, and never more than a quarter of what is left per worker
+    (``remaining // (2 * jobs)``), so chunks shrink near the end of a run and workers finish
+    together ("guided" scheduling). A task queued again by :meth:`retry_alone` is a chunk of its own.
+    """
+
+    def __init__(self, tasks: Sequence[Mapping[str, Any]], jobs: int):
+        self._todo: list[tuple[Mapping[str, Any], bool]] = [(t, False) for t in tasks]
+        self.jobs = max(1, jobs)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._todo)
+
+    def next(self) -> list[Mapping[str, Any]] | None:
+        """The next chunk, or None when every task has been handed out."""
+        with self._lock:
+            if not self._todo:
+                return None
+            first, alone = self._todo[0]
+            limit = 1
+            if first.get("renderer") == "quarto" and not alone:
+                limit = max(1, min(QUARTO_CHUNK, len(self._todo) // (2 * self.jobs)))
+            n = 1
+            while (n < min(limit, len(self._todo)) and not self._todo[n][1]
+                   and self._todo[n][0]["notebook"] == first["notebook"]):
+                n += 1
+            chunk = [t for t, _ in self._todo[:n]]
+            del self._todo[:n]
+            return chunk
+
+    def retry_alone(self, tasks: Sequence[Mapping[str, Any]]) -> None:
+        """Queue `tasks` again, first, each as a chunk of its own."""
+        with self._lock:
+            self._todo[:0] = [(t, True) for t in tasks]
+
+    def chunks(self) -> list[list[Mapping[str, Any]]]:
+        """Every remaining chunk at once (executors that submit all work up front)."""
+        out = []
+        while (c := self.next()) is not None:
+            out.append(c)
+        return out
+
+
 class LocalPool:
     """`jobs` local worker processes, each owning one warm kernel, reusable across runs.
 
     ``render_batch`` makes a pool per run and closes it; pass your own (``pool=``) to keep kernels
     warm across several runs (tests, an analyst re-rendering in a loop). A worker that dies
-    (killed, out of memory) fails only its current report; a fresh worker takes its place.
+    (killed, out of memory) fails only the report it died on; a fresh worker takes its place.
     """
 
     def __init__(self, jobs: int, kernel_options: Mapping[str, Any] | None = None,
@@ -713,29 +817,40 @@ class LocalPool:
         self._workers[i] = None
 
     def run(self, tasks: Sequence[Mapping[str, Any]], on_result: Callable[[dict[str, Any]], None]) -> None:
-        """Render `tasks`, calling `on_result` (in this thread) as each finishes."""
-        todo: queue.Queue = queue.Queue()
-        for t in tasks:
-            todo.put(t)
+        """Render `tasks`, calling `on_result` (in this thread) as each finishes.
+
+        Each free worker takes the next chunk (:class:`ChunkQueue`). When a worker dies, the
+        reports of its chunk it had not finished fail if there was one; if there were several,
+        each is queued again alone, so only the report that kills a worker fails."""
+        chunks = ChunkQueue(tasks, self.jobs)
         done: queue.Queue = queue.Queue()
 
         def slot(i: int) -> None:
             while True:
-                try:
-                    task = todo.get_nowait()
-                except queue.Empty:
+                chunk = chunks.next()
+                if chunk is None:
                     return
+                got: set[str] = set()
+
+                def deliver(res: dict[str, Any]) -> None:
+                    got.add(res["report_id"])
+                    done.put(res)
+
                 try:
                     worker = self._worker(i)
-                    res = worker.render(task)
-                    if res is None:
-                        code = worker.proc.wait(timeout=10)
-                        res = _failed(task, f"worker process died (exit code {code})")
-                        self._drop(i)
-                except Exception as exc:  # a broken worker fails only this report
-                    res = _failed(task, f"worker error: {type(exc).__name__}: {exc}")
+                    if worker.render(chunk, deliver):
+                        continue
+                    code = worker.proc.wait(timeout=10)
+                    error = f"worker process died (exit code {code})"
+                    self._drop(i)
+                except Exception as exc:  # noqa: BLE001 - a broken worker fails only its reports
+                    error = f"worker error: {type(exc).__name__}: {exc}"
                     self._drop(i, kill=True)
-                done.put(res)
+                missing = [t for t in chunk if t["report_id"] not in got]
+                if len(missing) == 1:
+                    done.put(_failed(missing[0], error))
+                else:
+                    chunks.retry_alone(missing)
 
         n = max(1, min(self.jobs, len(tasks)))
         threads = [threading.Thread(target=slot, args=(i,), daemon=True, name=f"ipso-render-{i}")
@@ -810,18 +925,30 @@ def run_dask(
         client = Client(cluster)
     kernel_options = dict(kernel_options or {})
     try:
-        futures = []
-        for t in tasks:
-            t = dict(t)
-            t["kernel_options"] = kernel_options
-            futures.append(client.submit(render_task, t, pure=False, key=f"ipso-render-{t['report_id']}-{time.time_ns()}"))
-        by_key = {f.key: task for f, task in zip(futures, tasks)}
-        for fut in as_completed(futures):
+        pending: dict[str, list[Mapping[str, Any]]] = {}
+        futures = as_completed()
+
+        def submit(chunk: Sequence[Mapping[str, Any]]) -> None:
+            chunk = [dict(t, kernel_options=kernel_options) for t in chunk]
+            key = f"ipso-render-{chunk[0]['report_id']}-{len(chunk)}-{time.time_ns()}"
+            fut = client.submit(render_tasks, chunk, pure=False, key=key)
+            pending[fut.key] = chunk
+            futures.add(fut)
+
+        for chunk in ChunkQueue(tasks, jobs).chunks():
+            submit(chunk)
+        for fut in futures:
+            chunk = pending.pop(fut.key)
             try:
-                res = fut.result()
-            except Exception as exc:  # worker lost, KilledWorker, serialisation problems
-                res = _failed(by_key[fut.key], f"dask task failed: {type(exc).__name__}: {exc}")
-            on_result(res)
+                results = fut.result()
+            except Exception as exc:  # noqa: BLE001 - worker lost, KilledWorker, serialisation
+                if len(chunk) > 1:  # run each again alone: only the culprit fails
+                    for t in chunk:
+                        submit([t])
+                    continue
+                results = [_failed(chunk[0], f"dask task failed: {type(exc).__name__}: {exc}")]
+            for res in results:
+                on_result(res)
     finally:
         try:
             client.run(shutdown_kernels)
@@ -830,60 +957,6 @@ def run_dask(
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-# =============================================================================================
-# Quarto (one project render over the run's executed notebooks)
-def quarto_render_run(
-    out_dir: Path, executed: Mapping[str, tuple[Path, dict[str, str]]], formats: Sequence[str]
-) -> dict[str, str | None]:
-    """Render executed notebooks {report_id: (ipynb, {fmt: relative output})} with ONE Quarto
-    call and publish each output atomically. Returns {report_id: error or None}."""
-    quarto = find_quarto()
-    if quarto is None:
-        return {rid: "quarto not found on PATH" for rid in executed}
-    project = out_dir / WORK_DIRNAME / "_quarto"
-    if project.exists():
-        shutil.rmtree(project)
-    project.mkdir(parents=True)
-    for rid, (nb_path, _) in executed.items():
-        shutil.copy2(nb_path, project / f"{rid}.ipynb")
-    mod = _render_module()
-    errors: dict[str, str | None] = {}
-    try:
-        if mod is not None and hasattr(mod, "quarto_render"):
-            mod.quarto_render(project, list(formats))
-            out_root = project / "_site" if (project / "_site").is_dir() else project
-        else:
-            fmt_yaml = "\n".join(
-                f"  {f}:\n    embed-resources: true\n" if f == "html" else f"  {f}: default\n"
-                for f in formats
-            )
-            (project / "_quarto.yml").write_text(
-                "project:\n  type: default\nexecute:\n  enabled: false\n  echo: false\n"
-                f"format:\n{fmt_yaml}"
-            )
-            proc = subprocess.run([quarto, "render", str(project)], capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"quarto render failed: {proc.stderr.strip()[-2000:]}")
-            out_root = project
-    except Exception as exc:
-        return {rid: f"{type(exc).__name__}: {exc}" for rid in executed}
-    for rid, (_, outputs) in executed.items():
-        try:
-            for fmt, rel in outputs.items():
-                src = out_root / f"{rid}.{fmt}"
-                if not src.is_file():
-                    raise FileNotFoundError(f"quarto produced no {src.name}")
-                final = out_dir / rel
-                tmp = _temp_sibling(final)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, final)
-            errors[rid] = None
-        except Exception as exc:
-            errors[rid] = f"{type(exc).__name__}: {exc}"
-    return errors
 
 
 # =============================================================================================
@@ -907,15 +980,6 @@ def _parse_sites(sites: str | Iterable[str] | None, available: Sequence[str]) ->
     if unknown:
         raise ValueError(f"unknown site id(s) {', '.join(unknown)}; the data has {len(available)} sites")
     return list(dict.fromkeys(wanted))
-
-
-def _parse_formats(formats: str | Sequence[str]) -> list[str]:
-    fmts = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
-    fmts = [f for f in fmts if f]
-    bad = [f for f in fmts if f not in FORMATS]
-    if bad or not fmts:
-        raise ValueError(f"formats must be among {', '.join(FORMATS)}; got {formats!r}")
-    return list(dict.fromkeys(fmts))
 
 
 def _load_manifest(path: Path) -> dict[str, Any]:
@@ -1033,7 +1097,12 @@ def render_batch(
     t_start = time.perf_counter()
     data_dir = Path(data_dir).resolve()
     out_dir = Path(out_dir).resolve()
-    fmts = _parse_formats(formats)
+    fmts = list(_render.parse_formats(formats))
+    extra = dict(parameters or {})
+    if "as_of" in extra:
+        extra["as_of"] = _render.parse_as_of(extra["as_of"])
+    if "min_cell" in extra:
+        extra["min_cell"] = _render.parse_min_cell(extra["min_cell"])
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     if jobs is None:
@@ -1051,22 +1120,30 @@ def render_batch(
         raise ValueError("renderer 'quarto' requested but quarto is not on PATH")
     if "pdf" in fmts and renderer == "nbconvert" and shutil.which("xelatex") is None:
         raise ValueError("PDF needs Quarto or xelatex on PATH; neither was found (use --formats html)")
+    renderer_version = _render.renderer_version(renderer)
+    if renderer == "quarto" and renderer_version is None:
+        raise ValueError(f"quarto ({quarto}) does not run: `quarto --version` failed")
     site_nb = Path(site_notebook or DEFAULT_NOTEBOOK_DIR / "site_report.ipynb").resolve()
     coll_nb = Path(collaborative_notebook or DEFAULT_NOTEBOOK_DIR / "collaborative_report.ipynb").resolve()
-    extra = dict(parameters or {})
-
-    # -- fingerprints ---------------------------------------------------------------------
-    fp = data_fingerprint(data_dir)
-    chosen = _parse_sites(sites, fp.site_ids)
-    bad_ids = [s for s in chosen if not set(s) <= _SITE_ID_OK]
+    if not data_dir.is_dir():
+        raise ValueError(f"data directory {data_dir} does not exist")
+    # the hospitals asked for are checked against the sites table before the data are hashed
+    chosen = _parse_sites(sites, _render.data_site_ids(data_dir))
+    bad_ids = [s for s in chosen if not set(s) <= _SITE_ID_OK or s[0] in "._"]
     if bad_ids:
-        raise ValueError(f"site ids must be letters, digits, '_', '.', '-' to name files: {bad_ids}")
+        raise ValueError("site ids must be letters, digits, '_', '.', '-' (not first: '.', '_') "
+                         f"to name files: {bad_ids}")
     needed_nbs = ([site_nb] if chosen else []) + ([coll_nb] if collaborative else [])
     for nb in needed_nbs:
         if not nb.is_file():
             raise ValueError(f"report notebook {nb} does not exist")
+
+    # -- fingerprints ---------------------------------------------------------------------
+    fp = data_fingerprint(data_dir)
     code_hash = code_fingerprint()
     versions = library_versions()
+    if renderer == "quarto":
+        versions["quarto"] = renderer_version
     inputs_key = _sha(fp.total, code_hash, _json_sha(versions), _json_sha(extra))[:16]
     out_dir.mkdir(parents=True, exist_ok=True)
     run_key = pseudonym_key(out_dir)  # secret, stable per run folder: never in manifest or index
@@ -1100,9 +1177,10 @@ def render_batch(
             data_dir, shared_dir, run_key, shared_needed, compute_shared, inputs_key, extra
         )
 
+        label = f"{renderer} {renderer_version}" if renderer_version else renderer
         common = {
             "data_dir": str(data_dir), "run_key": run_key,
-            "shared_dir": str(shared_dir), "renderer": renderer, "formats": list(fmts),
+            "shared_dir": str(shared_dir), "renderer": label, "formats": list(fmts),
         }
         common.update(extra)
         nb_hash = {p: _file_sha(p) for p in needed_nbs}
@@ -1175,6 +1253,7 @@ def render_batch(
                 "notebooks": {str(p): h for p, h in nb_hash.items()},
             },
             "parameters": {k: ("<secret: _work/run_key>" if k == "run_key" else v) for k, v in common.items()},
+            "renderer": {"name": renderer, "version": renderer_version},
             "versions": versions,
             "settings": {
                 "jobs": jobs, "executor": executor, "scheduler": scheduler, "renderer": renderer,
@@ -1223,20 +1302,6 @@ def render_batch(
                     run_local(tasks, jobs, on_result, kernel_options, log_dir)
                 else:
                     run_dask(tasks, jobs, on_result, kernel_options, scheduler, processes=dask_processes)
-
-                executed = {rid: r for rid, r in results.items() if r.status == "executed"}
-                if executed:
-                    bar.update(task_id, description="quarto: rendering the run's notebooks together")
-                    errors = quarto_render_run(
-                        out_dir,
-                        {rid: (out_dir / r.executed_notebook, plan_by_id[rid].outputs)
-                         for rid, r in executed.items()},
-                        fmts,
-                    )
-                    for rid, err in errors.items():
-                        r = executed[rid]
-                        record({**asdict(r), "status": "failed" if err else "ok", "error": err,
-                                "outputs": {} if err else plan_by_id[rid].outputs})
 
         manifest["finished"] = _now()
         ordered = [results[p.report_id] for p in plans]
@@ -1322,7 +1387,8 @@ th {{ background: #f3f3f3; }} code {{ font-size: .9em; }}
 wall time {manifest.get('timings', {}).get('wall_seconds', '?')} s.</p>
 <p>Inputs key <code>{esc(str(manifest.get('inputs_key')))}</code>; data hash <code>{esc(str(manifest.get('inputs', {}).get('data_hash', ''))[:16])}</code>;
 git commit <code>{esc(str(git.get('commit')))}</code>{' (uncommitted changes)' if git.get('dirty') else ''};
-renderer {esc(str(manifest.get('settings', {}).get('renderer')))}; shared artefacts {esc(str(manifest.get('shared', {}).get('status')))}.
+renderer {esc(' '.join(str(v) for v in (manifest.get('renderer') or {}).values() if v)
+               or str(manifest.get('settings', {}).get('renderer')))}; shared artefacts {esc(str(manifest.get('shared', {}).get('status')))}.
 Full record: <a href="{MANIFEST_FILE}">{MANIFEST_FILE}</a>.</p>
 <table><thead><tr><th>report</th><th>kind</th><th>hospital</th><th>status</th><th>files</th>
 <th>seconds</th><th>rendered at (UTC)</th><th>error</th></tr></thead>

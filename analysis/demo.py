@@ -10,6 +10,7 @@ can open it. Exit status is non-zero when a report failed (the index lists it).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
     result = render_batch(args.data, args.out, jobs=args.jobs, show_progress=console.is_terminal)
     counts = result.to_dict()["counts"]
+    manifest = json.loads(result.manifest_path.read_text())
+    renderer = " ".join(str(v) for v in manifest.get("renderer", {}).values() if v) or result.renderer
     console.print(
         f"{counts['selected']} report(s): {counts['rendered']} rendered, {counts['up_to_date']} up to "
-        f"date, {counts['failed']} failed in {result.wall_seconds:.1f} s"
+        f"date, {counts['failed']} failed in {result.wall_seconds:.1f} s with {renderer}"
     )
     for r in result.failed:
         console.print(f"[red]FAILED {r.report_id}: {r.error}[/red]")

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbformat import NotebookNode
+from traitlets import CaselessStrEnum, default
 
 #: Modules imported once per kernel (missing ones are skipped silently).
 PRELOAD_MODULES = (
@@ -108,6 +113,29 @@ _sys.path[:] = _st.path
 """
 
 
+class IpcKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel talks over Unix domain sockets (IPC transport) in a private
+    0700 temporary folder, never over TCP.
+
+    Report kernels always run on the machine of their worker, so there is no reason to open TCP
+    ports: with IPC no other machine can reach the kernel, other users can't open its sockets, and
+    ipykernel has no reason to print "Kernel is running over TCP without encryption" at every
+    start. The folder is removed with the manager. Used by :class:`WarmKernel` and, as papermill's
+    ``kernel_manager_class``, by :func:`analysis.render.execute_notebook`.
+    """
+
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        if self.transport != "ipc":
+            return super()._ip_default()
+        # a short absolute path: Unix socket paths are limited to about 107 bytes
+        folder = tempfile.mkdtemp(prefix="ipso-kernel-")
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        return os.path.join(folder, "k")
+
+
 class ReportExecutionError(RuntimeError):
     """A report notebook raised; carries the partly executed notebook for debugging."""
 
@@ -146,10 +174,8 @@ class WarmKernel:
         if self.alive:
             return self
         self.shutdown()
-        from jupyter_client.manager import AsyncKernelManager
-
         t0 = time.perf_counter()
-        self.km = AsyncKernelManager(kernel_name=self.kernel_name)
+        self.km = IpcKernelManager(kernel_name=self.kernel_name)
         env = dict(os.environ)
         env["MPLBACKEND"] = INLINE_BACKEND  # figures must become outputs, whatever the caller set
         if self.threads is not None:

@@ -1,40 +1,62 @@
-"""Render one report: execute a parameterised notebook with papermill, then turn the executed
-notebook into HTML (and PDF) with Quarto when it is on PATH, otherwise with nbconvert.
+"""Render one report: execute a parameterised notebook, then turn the executed notebook into HTML
+(and PDF) with Quarto when it is on PATH, otherwise with nbconvert. The batch renderer
+(:mod:`analysis.batch`) uses the same building blocks, so ``ipso report`` and ``ipso render`` give
+the same reports.
 
 Layout of a run (``reports/<run>/``, never committed)::
 
     <name>.html, <name>.pdf         published outputs (``site_<SITE>`` or ``collaborative``)
     _work/<name>/<name>.ipynb       executed notebook, kept for audit (cwd of the kernel: figures and
                                     intermediate files of one report can never collide with another's)
+    _work/<name>/quarto/            Quarto's staging project (reports/_quarto.yml + the notebook)
     _work/run_key                   the run's secret pseudonym key (not published)
+
+How Quarto is run (:func:`quarto_render_items`): the executed notebooks are copied into a staging
+folder that is a Quarto project (``reports/_quarto.yml`` and its theme; a folder whose name starts
+with neither "." nor "_", or Quarto would ignore the project settings), under the names they are
+published with, so Quarto's "Other formats" links point at the published files. One ``quarto
+render`` call renders every notebook of the folder without executing it (Deno start-up and the
+Bootstrap theme compilation are paid once per call); when the call fails, each notebook is rendered
+again on its own, so one bad report gets Quarto's error and the others are still produced. For HTML,
+every ``text/html`` output is handed to Quarto as the raw HTML block Quarto itself would write, so
+Quarto does not add the require.js/jQuery CDN scripts it adds for "JavaScript widgets": reports are
+self-contained and open on an air-gapped machine.
+
+Every published file goes through :func:`publish` (temporary sibling, then ``os.replace``): the one
+place where a report's final files appear.
 
 Building blocks for :mod:`analysis.batch` (signatures kept stable):
 
 * :func:`parameterize` ``(notebook_path, parameters) -> NotebookNode``
 * :func:`export_html` ``(nb_node, out_path, *, renderer_label="nbconvert") -> Path``
 * :func:`quarto_render` ``(paths_or_dir, formats=("html",), *, quarto=None) -> list[Path]``
+* :func:`quarto_render_items` ``(items, stage_dir, formats) -> {stem: QuartoResult}``
+* :func:`publish` ``(pairs, *, before_replace=None) -> list[Path]``
 * :func:`sanitize_executed` ``(nb_node) -> NotebookNode`` (drops wall-clock timing metadata)
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import nbformat
+from typing import TYPE_CHECKING, Any
 
 from . import privacy
+
+if TYPE_CHECKING:  # nbformat is imported where it is used: `ipso render` with nothing to do stays fast
+    import nbformat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -42,21 +64,69 @@ NOTEBOOKS = {
     "site": NOTEBOOK_DIR / "site_report.ipynb",
     "collaborative": NOTEBOOK_DIR / "collaborative_report.ipynb",
 }
-#: Quarto project file (theme and options) copied next to every notebook Quarto renders.
+#: Quarto project file (theme and options) of every staging folder Quarto renders.
 QUARTO_CONFIG = REPO_ROOT / "reports" / "_quarto.yml"
+#: Files copied with it (the theme layer it names).
+QUARTO_PROJECT_FILES = (QUARTO_CONFIG, REPO_ROOT / "reports" / "ipso.scss")
 WORK_DIRNAME = "_work"
 FORMATS = ("html", "pdf")
 #: Quarto target per output format (PDF through Typst: no LaTeX needed).
 QUARTO_TO = {"html": "html", "pdf": "typst"}
+#: File suffix per output format.
+SUFFIX = {"html": ".html", "pdf": ".pdf"}
+#: Marks the temporary sibling of a file being published (``.<name>.tmp-<pid>``).
+TMP_MARK = ".tmp-"
+#: Seconds one Quarto call may take: a fixed allowance plus this much per notebook.
+QUARTO_TIMEOUT = (300.0, 120.0)
 
 
 class RenderWarning(UserWarning):
     """A requested output could not be produced (e.g. PDF without Quarto)."""
 
 
+class UnsafeOutputError(RuntimeError):
+    """A rendered file must not be published (e.g. an HTML page that loads from the internet)."""
+
+
 def find_quarto() -> str | None:
     """Path of the ``quarto`` executable, or None when it is not on PATH."""
     return shutil.which("quarto")
+
+
+@functools.lru_cache(maxsize=8)
+def _quarto_version(exe: str) -> str | None:
+    try:
+        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60,
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    out = proc.stdout.strip().splitlines()
+    return out[-1].strip() if proc.returncode == 0 and out else None
+
+
+def quarto_version(quarto: str | None = None) -> str | None:
+    """Version printed by ``quarto --version`` (None when Quarto is missing or broken)."""
+    exe = quarto or find_quarto()
+    return _quarto_version(exe) if exe else None
+
+
+def renderer_version(renderer: str) -> str | None:
+    """Version of a renderer: Quarto's own, or the installed nbconvert package's."""
+    if renderer == "quarto":
+        return quarto_version()
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nbconvert")
+    except PackageNotFoundError:
+        return None
+
+
+def renderer_label(renderer: str) -> str:
+    """``"quarto 1.6.40"`` or ``"nbconvert 7.16.4"``: the renderer and its version, as the footer
+    and the manifest state them."""
+    v = renderer_version(renderer)
+    return f"{renderer} {v}" if v else renderer
 
 
 def resolve_renderer(renderer: str = "auto") -> str:
@@ -76,8 +146,64 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
     bad = [f for f in out if f not in FORMATS]
     if bad or not out:
-        raise ValueError(f"formats must be among {', '.join(FORMATS)}; got {formats!r}")
+        raise ValueError(f"--formats must be among {', '.join(FORMATS)} (comma-separated); "
+                         f"got {formats!r}")
     return out
+
+
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def parse_as_of(as_of: str | None) -> str | None:
+    """Validate a data cut-off month ``YYYY-MM`` (None: the last month with data)."""
+    if as_of is None:
+        return None
+    m = _MONTH.match(str(as_of).strip())
+    if not m or not 1 <= int(m.group(2)) <= 12:
+        raise ValueError(f"--as-of must be a month YYYY-MM (e.g. 2019-06); got {as_of!r}")
+    return f"{m.group(1)}-{m.group(2)}"
+
+
+def parse_min_cell(min_cell: int | None) -> int | None:
+    """Validate the smallest count shown (at least 1; None: the default)."""
+    if min_cell is None:
+        return None
+    if isinstance(min_cell, bool) or not isinstance(min_cell, int) or min_cell < 1:
+        raise ValueError(f"--min-cell must be a whole number >= 1 (counts 1..MIN_CELL-1 are "
+                         f"suppressed); got {min_cell!r}")
+    return min_cell
+
+
+def data_site_ids(data_dir: str | Path | None) -> list[str]:
+    """Hospital ids of a data directory, read cheaply (the ``sites`` table, else the ``site_id``
+    column of ``episodes``), so a request for an unknown hospital is refused before any work.
+
+    None: the default synthetic collaborative (``data/synthetic`` when present, else the sites
+    the simulator makes with its defaults)."""
+    import pandas as pd
+
+    from .reporting import DEFAULT_SYNTHETIC_DIR
+
+    if data_dir is None and not DEFAULT_SYNTHETIC_DIR.exists():
+        from .simulate import simulate_collaborative
+
+        # the site table depends only on the seed and the number of sites, not on the months
+        sim = simulate_collaborative(months=1, episodes_per_site_month=0.01)
+        return sim.sites["site_id"].astype(str).tolist()
+    base = Path(data_dir) if data_dir is not None else DEFAULT_SYNTHETIC_DIR
+    if not base.is_dir():
+        raise ValueError(f"--data {base}: no such directory")
+    for name in ("sites", "episodes"):
+        for ext in (".parquet", ".csv"):
+            path = base / f"{name}{ext}"
+            if not path.is_file():
+                continue
+            if ext == ".parquet":
+                col = pd.read_parquet(path, columns=["site_id"])["site_id"]
+            else:
+                col = pd.read_csv(path, usecols=["site_id"], dtype=str, keep_default_na=False)["site_id"]
+            return list(dict.fromkeys(col.astype(str)))
+    raise ValueError(f"{base}: no sites or episodes table (.parquet or .csv)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,13 +259,25 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+#: nbconvert's "lab" page without the script tags it loads from CDNs (require.js, MathJax,
+#: mermaid): report pages must open on machines without internet access.
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def export_html(nb_node: nbformat.NotebookNode, out_path: str | Path, *,
                 renderer_label: str = "nbconvert") -> Path:
     """Self-contained HTML of an executed notebook with nbconvert: code, prompts, the YAML front
-    matter, stderr streams and cells tagged ``remove-cell`` are left out; images are embedded.
+    matter, stderr streams and cells tagged ``remove-cell`` are left out; images are embedded and
+    no script is loaded from the internet.
 
     `renderer_label` goes into the page's metadata (the notebook's footer states the renderer).
     """
+    import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     nb = copy.deepcopy(nb_node)
@@ -161,7 +299,9 @@ def export_html(nb_node: nbformat.NotebookNode, out_path: str | Path, *,
         sub = f"\n\n*{meta['subtitle']}*" if meta.get("subtitle") else ""
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title}{sub}"))
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True, embed_images=True)
+                            exclude_output_prompt=True, embed_images=True,
+                            extra_loaders=[DictLoader({"ipso-offline.html.j2": _OFFLINE_TEMPLATE})],
+                            template_file="ipso-offline.html.j2")
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     body = body.replace("<head>", f'<head>\n<meta name="generator" content="ipso-analysis via {renderer_label}">', 1)
     out = Path(out_path)
@@ -169,48 +309,306 @@ def export_html(nb_node: nbformat.NotebookNode, out_path: str | Path, *,
     return out
 
 
-def _ensure_quarto_config(directory: Path) -> None:
-    target = directory / "_quarto.yml"
-    if not target.exists() and QUARTO_CONFIG.exists():
-        shutil.copyfile(QUARTO_CONFIG, target)
+# ---------------------------------------------------------------------------------------------
+# offline check
+_URL = r"""\s*["']?\s*((?:https?:)?//[^"'\s>)]+)"""
+_EXTERNAL_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
+    # what a browser fetches by itself (not <a href>: a link the reader may follow)
+    r"<(?:script|img|iframe|embed|source|video|audio|track|input)\b[^>]*?\bsrc\s*=" + _URL,
+    r"<link\b[^>]*?\bhref\s*=" + _URL,
+    r"<object\b[^>]*?\bdata\s*=" + _URL,
+    r"@import\s*(?:url\()?" + _URL,
+    r"url\(" + _URL,
+))
+
+
+_DATA_CSS = re.compile(r"""data:text/css(;base64)?,([^"'\s>]+)""", re.IGNORECASE)
+
+
+def embedded_css(html_text: str) -> list[str]:
+    """Style sheets embedded as ``data:text/css`` URLs (percent- or base64-encoded), decoded:
+    what Quarto's and pandoc's resource embedding turn ``<link rel=stylesheet>`` into."""
+    import base64
+    from urllib.parse import unquote
+
+    out = []
+    for m in _DATA_CSS.finditer(html_text):
+        payload = m.group(2)
+        try:
+            out.append(base64.b64decode(payload).decode("utf-8", "replace") if m.group(1)
+                       else unquote(payload))
+        except ValueError:
+            continue
+    return out
+
+
+def external_references(html_text: str) -> list[str]:
+    """URLs an HTML page would fetch from the network: ``src`` of scripts, images and frames,
+    ``<link href>`` (stylesheets, fonts, icons), CSS ``@import`` and ``url(...)``, also inside
+    style sheets embedded as data URLs. Plain links a reader may follow (``<a href>``) are not
+    counted. Empty for a self-contained page."""
+    found: list[str] = []
+    for text in (html_text, *embedded_css(html_text)):
+        for pat in _EXTERNAL_PATTERNS:
+            found += [m.group(1) for m in pat.finditer(text)]
+    return list(dict.fromkeys(found))
+
+
+# ---------------------------------------------------------------------------------------------
+# Quarto
+def prepare_for_quarto(nb: nbformat.NotebookNode, fmt: str) -> nbformat.NotebookNode:
+    """Copy of an executed notebook as Quarto should see it for output format `fmt`.
+
+    HTML: every ``text/html`` output becomes the ``text/markdown`` raw HTML block (```` ```{=html}
+    ````) that Quarto writes for it anyway. The page is the same, but Quarto no longer takes the
+    notebook for one with "JavaScript widgets" and so adds no require.js/jQuery script tags from
+    cdn.jsdelivr.net (which an offline render cannot embed). Other formats: unchanged (Typst reads
+    HTML tables itself).
+    """
+    nb = copy.deepcopy(nb)
+    if fmt != "html":
+        return nb
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            data = out.get("data")
+            if not data or "text/html" not in data:
+                continue
+            html = data.pop("text/html")
+            html = "".join(html) if isinstance(html, list) else str(html)
+            run = max((len(r) for r in re.findall(r"`+", html)), default=0)
+            fence = "`" * max(3, run + 1)
+            data["text/markdown"] = f"{fence}{{=html}}\n{html}\n{fence}\n"
+    return nb
+
+
+@dataclass
+class QuartoItem:
+    """One executed notebook for :func:`quarto_render_items`.
+
+    stem: output path relative to the staging (and publishing) folder, without suffix, e.g.
+    ``"sites/S01"`` or ``"collaborative"``: Quarto's format links are relative to it.
+    """
+
+    notebook: Path
+    stem: str
+
+
+@dataclass
+class QuartoResult:
+    """Outcome of one notebook: files produced in the staging folder (format -> path), Quarto's
+    error, and this notebook's share of Quarto's wall time (its own file plus an equal share of
+    the call's start-up), in seconds."""
+
+    stem: str
+    files: dict[str, Path] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\]\s+(.+?)\s*$")
+
+
+def _stage_project(stage_dir: Path) -> None:
+    """A fresh staging folder that is a Quarto project with the IPSO settings."""
+    if stage_dir.name.startswith((".", "_")):
+        raise ValueError(f"Quarto ignores project folders named like {stage_dir.name!r}")
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True)
+    for f in QUARTO_PROJECT_FILES:
+        if f.exists():
+            shutil.copyfile(f, stage_dir / f.name)
+
+
+def _run_quarto(exe: str, stage_dir: Path, fmt: str, *, link_pdf: bool,
+                timeout: float | None) -> tuple[int, str, float, list[tuple[float, str]]]:
+    """``quarto render <stage_dir> --to <fmt>``: (exit code, output, wall seconds, and for each
+    file Quarto started, from its ``[i/n] <file>`` progress lines: (seconds, file))."""
+    args = [exe, "render", str(stage_dir), "--to", QUARTO_TO[fmt], "--no-execute"]
+    if fmt == "html":
+        # "Other formats" links only to what this call's caller produces, under the same stem
+        args += ["-M", "format-links:[typst]" if link_pdf else "format-links:false"]
+    t0 = time.perf_counter()
+    # one stream (Quarto logs to stderr), read by a thread, so the timeout below always applies
+    proc = subprocess.Popen(args, cwd=stage_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    starts: list[tuple[float, str]] = []
+    lines: list[str] = []
+
+    def read_output() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            clean = _ANSI.sub("", line).rstrip()
+            m = _PROGRESS.match(clean)
+            if m:
+                starts.append((time.perf_counter() - t0, m.group(3)))
+            lines.append(clean)
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = -9
+    reader.join(timeout=10)
+    if code == -9:
+        lines.append(f"quarto render timed out after {timeout:.0f} s and was stopped")
+    return code, "\n".join(lines), time.perf_counter() - t0, starts
+
+
+def _quarto_error(text: str) -> str:
+    """The useful tail of Quarto's output: from the first ERROR line, else the last lines."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if re.match(r"^(ERROR|Error|\w*Exception)\b", ln.strip()):
+            return "\n".join(lines[i:i + 15])[-3000:]
+    return "\n".join(lines[-15:])[-3000:]
+
+
+def _split_time(wall: float, starts: Sequence[tuple[float, str]],
+                stems: Sequence[str]) -> dict[str, float]:
+    """A Quarto call's wall time per notebook: its own stretch between progress lines, plus an
+    equal share of the rest (start-up, theme compilation, clean-up). Equal shares when the
+    progress lines do not name every notebook once."""
+    names = [str(Path(f).with_suffix("")) for _, f in starts]
+    if sorted(names) != sorted(stems):
+        return {s: wall / len(stems) for s in stems}
+    times = [t for t, _ in starts]
+    own = [b - a for a, b in zip(times, times[1:] + [wall])]
+    if len(own) > 1:  # the last stretch runs to the end of the call and holds the clean-up
+        own[-1] = sum(own[:-1]) / (len(own) - 1)
+    share = (wall - sum(own)) / len(stems)
+    return {name: share + o for name, o in zip(names, own)}
+
+
+def quarto_render_items(items: Sequence[QuartoItem], stage_dir: str | Path,
+                        formats: Sequence[str] = ("html",), *, quarto: str | None = None,
+                        timeout: float | None = None, isolate: bool = True) -> dict[str, QuartoResult]:
+    """Render executed notebooks with Quarto, without executing them again.
+
+    The notebooks are staged in `stage_dir` (created afresh; a Quarto project with
+    ``reports/_quarto.yml``) as ``<stem>.ipynb`` and rendered by one ``quarto render`` call per
+    format (PDF through Typst). Returns ``{stem: QuartoResult}``; outputs stay in `stage_dir`
+    until :func:`publish`-ed. When a call fails and `isolate` is true, each notebook is rendered
+    again on its own (in ``<stage_dir>/alone-<i>``), so only the notebooks Quarto cannot render fail,
+    each with Quarto's error. HTML pages link to the PDF only when PDFs are rendered too.
+    """
+    import nbformat
+
+    exe = quarto or find_quarto()
+    fmts = parse_formats(list(formats))
+    stage_dir = Path(stage_dir)
+    results = {it.stem: QuartoResult(it.stem) for it in items}
+    if exe is None:
+        for r in results.values():
+            r.error = "quarto is not on PATH"
+        return results
+    if not items:
+        return results
+    if len(results) != len(items):
+        raise ValueError("quarto_render_items: stems must be unique")
+    _stage_project(stage_dir)
+    limit = timeout or QUARTO_TIMEOUT[0] + QUARTO_TIMEOUT[1] * len(items)
+    sources = {it.stem: nbformat.read(it.notebook, as_version=4) for it in items}
+    failed_call: str | None = None
+    for fmt in sorted(fmts, key=lambda f: f != "pdf"):  # PDF first: HTML may link to it
+        for stem, nb in sources.items():
+            target = stage_dir / f"{stem}.ipynb"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(prepare_for_quarto(nb, fmt), target)
+        code, text, wall, starts = _run_quarto(exe, stage_dir, fmt, link_pdf="pdf" in fmts,
+                                               timeout=limit)
+        if code != 0:
+            failed_call = _quarto_error(text)
+            for r in results.values():  # the failed call's time is shared by all
+                r.seconds += wall / len(results)
+            break
+        for stem, secs in _split_time(wall, starts, list(sources)).items():
+            results[stem].seconds += secs
+        for stem in sources:
+            out = stage_dir / f"{stem}{SUFFIX[fmt]}"
+            if out.is_file():
+                results[stem].files[fmt] = out
+            else:
+                results[stem].error = f"quarto produced no {Path(stem).name}{SUFFIX[fmt]}"
+    if failed_call is None:
+        return results
+    if not isolate or len(items) == 1:
+        for r in results.values():
+            r.error, r.files = f"quarto render failed:\n{failed_call}", {}
+        return results
+    # one failing notebook stops a Quarto call: render each on its own
+    alone: dict[str, QuartoResult] = {}
+    for i, it in enumerate(items):
+        alone.update(quarto_render_items([it], stage_dir / f"alone-{i}", fmts, quarto=exe,
+                                         timeout=timeout, isolate=False))
+    for r in results.values():
+        alone[r.stem].seconds += r.seconds
+    return alone
+
+
+def publish(pairs: Sequence[tuple[Path, Path]], *,
+            before_replace: Callable[[Path, Path], None] | None = None) -> list[Path]:
+    """Publish rendered files: each ``(source, final)`` is copied to a hidden temporary sibling of
+    `final` (``.<name>.tmp-<pid>``) and ``os.replace``-d onto it, so a reader (or a run killed at
+    any moment) sees the previous complete file or the new complete one, never a partial one.
+
+    The one place where a report's final files appear, and the gate before it: an HTML page that
+    would fetch anything from the network (:func:`external_references`) raises
+    :class:`UnsafeOutputError` and nothing is published. `before_replace(tmp, final)` runs after
+    each temporary file is written (the batch's fault-injection hook). Returns the final paths.
+    """
+    for src, final in pairs:
+        if Path(final).suffix.lower() in (".html", ".htm"):
+            ext = external_references(Path(src).read_text(encoding="utf-8", errors="replace"))
+            if ext:
+                raise UnsafeOutputError(
+                    f"{Path(final).name} is not self-contained: it would load "
+                    f"{', '.join(ext[:5])}{' ...' if len(ext) > 5 else ''} from the network")
+    done: list[Path] = []
+    for src, final in pairs:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
+        try:
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o644)
+            if before_replace is not None:
+                before_replace(tmp, final)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        done.append(final)
+    return done
 
 
 def quarto_render(paths_or_dir: str | Path | Sequence[str | Path], formats: Sequence[str] = ("html",),
                   *, quarto: str | None = None, timeout: float = 1800) -> list[Path]:
-    """Render executed notebooks with Quarto, without executing them again.
+    """Render executed notebooks with Quarto, without executing them again; outputs are written
+    next to the inputs.
 
-    `paths_or_dir` is a project directory (every notebook in it is rendered by one Quarto call per
-    format) or one or more ``.ipynb`` files. ``reports/_quarto.yml`` is copied into each directory
-    that has no ``_quarto.yml`` (theme, ``execute: enabled: false``). ``pdf`` is rendered through
-    Typst. Outputs land next to the inputs (or in the project's output-dir). Returns the output
-    files found; raises RuntimeError with Quarto's message when a render fails.
+    `paths_or_dir` is a folder (every ``.ipynb`` in it) or one or more ``.ipynb`` files. They are
+    rendered together through a staging project (:func:`quarto_render_items`, ``reports/_quarto.yml``
+    applied). Returns the output files; raises RuntimeError with Quarto's message when a notebook
+    fails.
     """
-    exe = quarto or find_quarto()
-    if exe is None:
-        raise RuntimeError("quarto is not on PATH")
-    fmts = parse_formats(list(formats))
     if isinstance(paths_or_dir, (str, Path)):
         targets = [Path(paths_or_dir)]
     else:
         targets = [Path(p) for p in paths_or_dir]
+    notebooks = [q for t in targets for q in (sorted(t.glob("*.ipynb")) if t.is_dir() else [t])]
+    items = [QuartoItem(nb, f"n{i}") for i, nb in enumerate(notebooks)]
     produced: list[Path] = []
-    for target in targets:
-        directory = target if target.is_dir() else target.parent
-        _ensure_quarto_config(directory)
-        for fmt in fmts:
-            proc = subprocess.run([exe, "render", str(target), "--to", QUARTO_TO[fmt]],
-                                  check=False, capture_output=True, text=True, timeout=timeout,
-                                  cwd=directory)
-            if proc.returncode != 0:
-                raise RuntimeError(f"quarto render {target} --to {QUARTO_TO[fmt]} failed:\n"
-                                   f"{proc.stderr.strip()[-3000:]}")
-            ext = "html" if fmt == "html" else "pdf"
-            stems = [target.stem] if target.is_file() else [p.stem for p in directory.glob("*.ipynb")]
-            for stem in stems:
-                for cand in (directory / f"{stem}.{ext}", directory / "_site" / f"{stem}.{ext}"):
-                    if cand.is_file():
-                        produced.append(cand)
-                        break
+    with tempfile.TemporaryDirectory(prefix="ipso-quarto-") as tmp:
+        res = quarto_render_items(items, Path(tmp) / "stage", formats, quarto=quarto, timeout=timeout)
+        errors = [f"{it.notebook}: {res[it.stem].error}" for it in items if res[it.stem].error]
+        if errors:
+            raise RuntimeError("\n".join(errors))
+        for it in items:
+            pairs = [(src, it.notebook.with_suffix(SUFFIX[f])) for f, src in res[it.stem].files.items()]
+            produced += publish(pairs)
     return produced
 
 
@@ -218,11 +616,16 @@ def render_executed(executed_ipynb: str | Path, out_dir: str | Path, *,
                     formats: Sequence[str] = ("html",), renderer: str = "auto",
                     name: str | None = None) -> dict[str, Path]:
     """Turn an executed notebook into ``<name>.html`` / ``<name>.pdf`` in `out_dir`, without
-    re-executing it: Quarto when available (``renderer="auto"``), otherwise nbconvert.
+    re-executing it: Quarto when available (``renderer="auto"``; staged in
+    ``<out_dir>/_work/<name>/quarto`` with ``reports/_quarto.yml``, as ``ipso render`` does),
+    otherwise nbconvert.
 
     PDF needs Quarto (Typst); with nbconvert it is skipped with a :class:`RenderWarning` and is
-    missing from the returned mapping ``{format: path}``.
+    missing from the returned mapping ``{format: path}``. Raises RuntimeError with Quarto's error
+    when Quarto fails.
     """
+    import nbformat
+
     executed_ipynb = Path(executed_ipynb)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,24 +634,21 @@ def render_executed(executed_ipynb: str | Path, out_dir: str | Path, *,
     used = resolve_renderer(renderer)
     outputs: dict[str, Path] = {}
     if used == "quarto":
-        with tempfile.TemporaryDirectory(prefix=f".quarto-{name}-", dir=out_dir) as tmp:
-            stage = Path(tmp) / f"{name}.ipynb"
-            shutil.copyfile(executed_ipynb, stage)
-            for fmt in fmts:
-                files = quarto_render(stage, [fmt])
-                ext = "html" if fmt == "html" else "pdf"
-                src = next((f for f in files if f.suffix == f".{ext}"), None)
-                if src is None:
-                    raise RuntimeError(f"quarto produced no {name}.{ext}")
-                dest = out_dir / f"{name}.{ext}"
-                shutil.copyfile(src, dest.with_name(f".{dest.name}.tmp"))
-                os.replace(dest.with_name(f".{dest.name}.tmp"), dest)
-                outputs[fmt] = dest
+        stage = out_dir / WORK_DIRNAME / name / "quarto"
+        res = quarto_render_items([QuartoItem(executed_ipynb, name)], stage, fmts)[name]
+        if res.error:
+            raise RuntimeError(res.error)
+        for fmt, src in res.files.items():
+            outputs[fmt] = publish([(src, out_dir / f"{name}{SUFFIX[fmt]}")])[0]
+        shutil.rmtree(stage, ignore_errors=True)
         return outputs
     nb = nbformat.read(executed_ipynb, as_version=4)
     for fmt in fmts:
         if fmt == "html":
-            outputs["html"] = export_html(nb, out_dir / f"{name}.html", renderer_label="nbconvert")
+            staged = export_html(nb, out_dir / WORK_DIRNAME / name / "nbconvert" / f"{name}.html",
+                                 renderer_label=renderer_label("nbconvert"))
+            outputs["html"] = publish([(staged, out_dir / f"{name}.html")])[0]
+            staged.unlink()
         else:
             warnings.warn("PDF output needs Quarto (Typst), which is not on PATH: "
                           f"{name}.pdf was not produced; install Quarto to get PDFs.",
@@ -261,11 +661,15 @@ def execute_notebook(notebook: str | Path, parameters: Mapping[str, Any], output
                      timeout: float | None = 1200) -> nbformat.NotebookNode:
     """Execute `notebook` with papermill into `output_path`, with `cwd` as the kernel's working
     folder (one folder per report: files it writes can't collide). Timing metadata is removed.
+    The kernel talks over IPC sockets (:class:`analysis.kernelpool.IpcKernelManager`).
 
     Raises :class:`papermill.PapermillExecutionError` when a cell fails (the partly executed
     notebook is still written to `output_path` for diagnosis).
     """
+    import nbformat
     import papermill as pm
+
+    from .kernelpool import IpcKernelManager
 
     output_path = Path(output_path)
     Path(cwd).mkdir(parents=True, exist_ok=True)
@@ -273,7 +677,7 @@ def execute_notebook(notebook: str | Path, parameters: Mapping[str, Any], output
     try:
         pm.execute_notebook(str(notebook), str(output_path), parameters=dict(parameters),
                             cwd=str(cwd), kernel_name=kernel_name, progress_bar=False,
-                            execution_timeout=timeout)
+                            execution_timeout=timeout, kernel_manager_class=IpcKernelManager)
     finally:
         if output_path.exists():
             nb = sanitize_executed(nbformat.read(output_path, as_version=4))
@@ -299,6 +703,7 @@ class ReportResult:
     renderer: str
     outputs: dict[str, Path] = field(default_factory=dict)
     executed_notebook: Path | None = None
+    renderer_version: str | None = None
     findings: list[privacy.Finding] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -312,7 +717,8 @@ class ReportResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "site_id": self.site_id, "name": self.name,
-            "run_dir": str(self.run_dir), "renderer": self.renderer, "ok": self.ok,
+            "run_dir": str(self.run_dir), "renderer": self.renderer,
+            "renderer_version": self.renderer_version, "ok": self.ok,
             "outputs": {k: str(v) for k, v in self.outputs.items()},
             "executed_notebook": str(self.executed_notebook) if self.executed_notebook else None,
             "findings": [f.__dict__ for f in self.findings], "warnings": self.warnings,
@@ -378,14 +784,19 @@ def render_report(
     t0 = time.perf_counter()
     name = report_name(kind, site_id)
     fmts = parse_formats(formats)
+    as_of = parse_as_of(as_of)
+    min_cell = parse_min_cell(int(min_cell))
     used = resolve_renderer(renderer)
+    if kind == "site":  # refused at once, before the data are loaded
+        known = data_site_ids(data_dir)
+        if str(site_id) not in known:
+            raise ValueError(f"site_id {site_id!r} is not in the data ({len(known)} sites: "
+                             f"{', '.join(known[:5])}{', ...' if len(known) > 5 else ''})")
     data = None
-    if scan or kind == "site":
+    if scan:
         from .reporting import load_run
 
         data = load_run(data_dir, as_of=as_of, run_key="check", min_cell=min_cell)
-        if kind == "site" and str(site_id) not in set(data.sites["site_id"].astype(str)):
-            raise ValueError(f"site_id {site_id!r} is not in the data ({len(data.sites)} sites)")
     run_dir = Path(out_dir) / (run or "latest")
     run_dir.mkdir(parents=True, exist_ok=True)
     key = run_key or run_key_for(run_dir)
@@ -401,10 +812,11 @@ def render_report(
         "min_cell": int(min_cell),
         "run_key": key,
         "shared_dir": str(Path(shared_dir).resolve()) if shared_dir is not None else None,
-        "renderer": used,
+        "renderer": renderer_label(used),
         "formats": list(fmts),
     }
-    result = ReportResult(kind, site_id, name, run_dir, used, executed_notebook=executed)
+    result = ReportResult(kind, site_id, name, run_dir, used, executed_notebook=executed,
+                          renderer_version=renderer_version(used))
     try:
         execute_notebook(NOTEBOOKS[kind], params, executed, cwd=work, kernel_name=kernel_name,
                          timeout=timeout)
@@ -437,23 +849,34 @@ def run_report_command(kind: str, *, site_id: str | None, data: Path | None, out
 
     from .console import console, print_json
 
+    def refuse(exc: Exception) -> typer.Exit:
+        if json_out:
+            print_json({"error": str(exc)})
+        console.print(f"[red]ipso report: {exc}[/red]")
+        return typer.Exit(2)
+
+    # every argument is checked before any work (the data are loaded only for a valid request)
     try:
         fmts = parse_formats(formats)
-        if data is not None and not Path(data).exists():
+        as_of = parse_as_of(as_of)
+        parse_min_cell(min_cell)
+        if data is not None and not Path(data).is_dir():
             raise ValueError(f"--data {data}: no such directory")
-        if min_cell < 1:
-            raise ValueError(f"--min-cell must be >= 1, got {min_cell}")
+        if kind == "site":
+            known = data_site_ids(data)
+            if site_id not in known:
+                raise ValueError(f"unknown site id {site_id!r}: the data has {len(known)} sites "
+                                 f"({', '.join(known[:5])}{', ...' if len(known) > 5 else ''})")
+        resolve_renderer("auto")
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise refuse(exc) from exc
     if not json_out:
         console.print(f"Rendering the {kind} report{' for ' + site_id if site_id else ''} ...")
     try:
         res = render_report(kind, site_id=site_id, data_dir=data, out_dir=out, run=run, formats=fmts,
                             min_cell=min_cell, as_of=as_of)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise refuse(exc) from exc
     if json_out:
         print_json(res.to_dict())
     else:
@@ -467,7 +890,8 @@ def run_report_command(kind: str, *, site_id: str | None, data: Path | None, out
         for f in res.findings:
             console.print(f"  [red]unsafe output:[/red] {f.path}: {f.kind}: {f.detail}")
         if res.ok:
-            console.print(f"  done in {res.seconds:.1f} s with {res.renderer}; output scan clean.")
+            console.print(f"  done in {res.seconds:.1f} s with {renderer_label(res.renderer)}; "
+                          "output scan clean.")
     if not res.ok:
         raise typer.Exit(1)
     return res

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,12 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.xdist_group("batch")
 #: The test notebooks need only these; the default preload (statsmodels, lifelines, ...) is slower.
 PRELOAD = ("pandas", "matplotlib.pyplot", "seaborn")
+HAVE_QUARTO = shutil.which("quarto") is not None
+needs_quarto = pytest.mark.skipif(
+    not HAVE_QUARTO, reason="needs the quarto CLI on PATH (export PATH=\"$(../shared/tools/quarto/setup):$PATH\")")
+#: Both renderers: nbconvert always, Quarto when it is on PATH.
+RENDERERS = pytest.mark.parametrize(
+    "renderer", ["nbconvert", pytest.param("quarto", marks=[pytest.mark.quarto, needs_quarto])])
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +128,27 @@ def test_kernel_threads_size_blas_pools_but_keep_the_callers_setting(tmp_path, m
     with WarmKernel(preload=("os",), threads=1) as kernel:
         out = kernel.execute(nb, tmp_path)
     assert out.cells[0].outputs[0]["text"].strip() == "['1', '1', '3']"
+
+
+def test_kernels_talk_over_ipc_and_print_no_tcp_warning(tmp_path, capfd):
+    """ipykernel warns "Kernel is running over TCP without encryption" at every start over TCP;
+    report kernels (warm ones and papermill's) use local IPC sockets instead."""
+    from analysis import render
+    from analysis.kernelpool import IpcKernelManager
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    log = tmp_path / "kernel.log"
+    with WarmKernel(preload=("os",), log_path=str(log)) as kernel:
+        assert kernel.km.transport == "ipc" and Path(kernel.km.ip).is_absolute()
+        assert kernel.execute(nb, tmp_path / "w").cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in log.read_text()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    out = render.execute_notebook(tmp_path / "nb.ipynb", {}, tmp_path / "out.ipynb", cwd=tmp_path)
+    assert out.cells[-1].outputs[0]["text"] == "42\n"
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
+    assert IpcKernelManager().transport == "ipc"
 
 
 def test_warm_kernel_does_not_leak_site_a_into_site_b(tmp_path):
@@ -241,41 +269,45 @@ def test_incremental_failure_isolation_and_retry_failed(tmp_path, stable_code, p
     assert set(manifest["reports"]) == {"site-S01", "site-S02", "site-S03"}
 
 
+@RENDERERS
 def test_worker_killed_after_temp_write_leaves_no_final_file_and_next_run_repairs(
-    tmp_path, stable_code, monkeypatch, pool
+    tmp_path, stable_code, monkeypatch, pool, renderer
 ):
     d = write_data(tmp_path / "d")
     out = tmp_path / "run"
     monkeypatch.setenv(batch.FAULT_ENV, "exit-after-temp:site-S02")
-    res = run(d, out, collaborative=False, pool=pool)
+    res = run(d, out, collaborative=False, pool=pool, renderer=renderer)
+    assert res.renderer == renderer
     assert statuses(res) == {"site-S01": "ok", "site-S02": "failed", "site-S03": "ok"}
     assert "worker process died" in res.failed[0].error  # the others finished regardless
     assert not (out / "sites" / "S02.html").exists()
     assert not [p for p in (out / "sites").iterdir() if p.name.startswith(".")]  # temp removed
     old_s01 = (out / "sites" / "S01.html").read_bytes()
     monkeypatch.setenv(batch.FAULT_ENV, "raise-after-temp:site-S01")
-    res = run(d, out, collaborative=False, force=True, sites="S01", pool=pool)
+    res = run(d, out, collaborative=False, force=True, sites="S01", pool=pool, renderer=renderer)
     assert statuses(res) == {"site-S01": "failed"} and "injected fault" in res.failed[0].error
     assert (out / "sites" / "S01.html").read_bytes() == old_s01  # previous complete report intact
     monkeypatch.delenv(batch.FAULT_ENV)
-    fixed = run(d, out, collaborative=False, pool=pool)
+    fixed = run(d, out, collaborative=False, pool=pool, renderer=renderer)
     assert statuses(fixed) == {"site-S01": "ok", "site-S02": "ok", "site-S03": "up-to-date"}
     assert (out / "sites" / "S02.html").is_file()
 
 
-def test_run_killed_mid_publish_leaves_no_finished_looking_report(tmp_path, pool):
+@RENDERERS
+def test_run_killed_mid_publish_leaves_no_finished_looking_report(tmp_path, pool, renderer):
     """SIGKILL the whole run (process group) while a report sits in its temporary file."""
     d = write_data(tmp_path / "d", sites=("S01",))
     out = tmp_path / "run"
     code = (
         "from analysis.batch import render_batch\n"
         f"render_batch({str(d)!r}, {str(out)!r}, jobs=1, collaborative=False, show_progress=False,"
-        f" compute_shared=None, site_notebook={str(SITE_NB)!r}, kernel_preload={PRELOAD!r})\n"
+        f" compute_shared=None, site_notebook={str(SITE_NB)!r}, kernel_preload={PRELOAD!r},"
+        f" renderer={renderer!r})\n"
     )
     env = dict(os.environ, **{batch.FAULT_ENV: "hang-after-temp:site-S01"})
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 180
         temp = []
         while time.time() < deadline and not temp and proc.poll() is None:
             time.sleep(0.2)
@@ -285,7 +317,7 @@ def test_run_killed_mid_publish_leaves_no_finished_looking_report(tmp_path, pool
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     assert not (out / "sites" / "S01.html").exists()  # only a hidden temp file: not a report
-    fixed = run(d, out, collaborative=False, pool=pool)
+    fixed = run(d, out, collaborative=False, pool=pool, renderer=renderer)
     assert statuses(fixed) == {"site-S01": "ok"}
     assert (out / "sites" / "S01.html").is_file()
     assert not list((out / "sites").glob(".*"))  # the stale temp was cleaned
@@ -360,11 +392,107 @@ def test_cli_render_json_and_exit_status(tmp_path):
     assert bad.returncode == 2 and "unknown site id" in bad.stdout
 
 
+def test_chunks_are_guided_grouped_by_notebook_and_retried_alone():
+    def task(rid, nb="site.ipynb", renderer="quarto"):
+        return {"report_id": rid, "notebook": nb, "renderer": renderer}
+
+    tasks = [task("collaborative", "coll.ipynb")] + [task(f"site-S{i:02d}") for i in range(1, 58)]
+    q = batch.ChunkQueue(tasks, jobs=2)
+    sizes = [len(c) for c in q.chunks()]
+    assert sizes[0] == 1  # the collaborative report is never chunked with site reports
+    assert max(sizes) == batch.QUARTO_CHUNK and sizes[1] == batch.QUARTO_CHUNK
+    assert all(a >= b for a, b in zip(sizes[1:], sizes[2:]))  # chunks shrink towards the end
+    assert sizes[-4:] == [1, 1, 1, 1] and sum(sizes) == 58
+    # nbconvert has no per-call cost: one report per chunk
+    assert {len(c) for c in batch.ChunkQueue([task("a", renderer="nbconvert")] * 9, 1).chunks()} == {1}
+    q = batch.ChunkQueue([task(f"s{i}") for i in range(8)], jobs=1)
+    first = q.next()
+    assert [t["report_id"] for t in first] == ["s0", "s1", "s2", "s3"]
+    q.retry_alone(first[1:3])
+    assert [[t["report_id"] for t in q.next()] for _ in range(2)] == [["s1"], ["s2"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Quarto
+def html_of(out, rel):
+    return (out / rel).read_text(encoding="utf-8")
+
+
 @pytest.mark.quarto
-@pytest.mark.skipif(shutil.which("quarto") is None, reason="needs the quarto CLI on PATH")
-def test_quarto_renders_the_run_in_one_project_render(tmp_path, stable_code, pool):
-    d = write_data(tmp_path / "d", sites=("S01", "S02"))
-    res = run(d, tmp_path / "run", renderer="quarto", pool=pool)
+@needs_quarto
+def test_quarto_batch_records_version_time_and_links_only_produced_formats(tmp_path, stable_code, pool):
+    from analysis import render
+
+    d = write_data(tmp_path / "d", sites=("S01", "S02", "S03"))
+    out = tmp_path / "run"
+    res = run(d, out, renderer="quarto", pool=pool)
     assert res.ok and res.renderer == "quarto", res.summary()
-    for s in ("S01", "S02"):
-        assert f"Hospital {s}:" in (tmp_path / "run" / "sites" / f"{s}.html").read_text()
+    version = render.quarto_version()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["renderer"] == {"name": "quarto", "version": version}
+    assert manifest["versions"]["quarto"] == version
+    assert f"quarto {version}" in (out / "index.html").read_text()
+    for rid, entry in manifest["reports"].items():
+        # the Quarto step is part of each report's time
+        assert entry["export_seconds"] > 0 and entry["execute_seconds"] > 0
+        assert entry["seconds"] == pytest.approx(entry["execute_seconds"] + entry["export_seconds"], abs=0.01)
+        executed = nbformat.read(out / entry["executed_notebook"], as_version=4)
+        injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f'renderer = "quarto {version}"' in injected.source  # what the footer states
+    for rel in ("sites/S01.html", "sites/S02.html", "sites/S03.html", "collaborative.html"):
+        page = html_of(out, rel)
+        assert 'content="ipso-analysis via quarto"' in page  # reports/_quarto.yml was applied
+        assert ".pdf" not in page and "Other Formats" not in page  # no PDF made: no link to one
+        assert render.external_references(page) == []
+    assert not list((out / "_work" / "_quarto").iterdir())  # staging removed after publishing
+
+    both = run(d, out, renderer="quarto", pool=pool, formats="html,pdf", sites="S01")
+    assert both.ok, both.summary()
+    for html_rel, pdf in (("sites/S01.html", "S01.pdf"), ("collaborative.html", "collaborative.pdf")):
+        page = html_of(out, html_rel)
+        assert re.findall(r'href="([^"]+\.pdf)"', page) == [pdf]  # the published name, beside it
+        assert (out / html_rel).with_name(pdf).read_bytes()[:5] == b"%PDF-"
+
+
+def failing_in_quarto_notebook(tmp_path: Path, bad_site: str) -> Path:
+    """The test site notebook plus a cell whose Markdown output is front matter Quarto can't
+    parse (a YAMLException), for `bad_site` only: it executes fine, Quarto fails on it."""
+    nb = nbformat.read(SITE_NB, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "from IPython.display import Markdown, display\n"
+        f"if site_id == {bad_site!r}:\n"
+        "    display(Markdown(\"---\\ntitle: 'unclosed\\nfoo: [1, 2\\n---\\n\"))\n"))
+    path = tmp_path / "site_report_quarto_fails.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.quarto
+@needs_quarto
+def test_quarto_failure_of_one_report_does_not_stop_the_others(tmp_path, stable_code, pool):
+    d = write_data(tmp_path / "d", sites=("S01", "S02", "S03", "S04", "S05", "S06", "S07", "S08"))
+    out = tmp_path / "run"
+    nb = failing_in_quarto_notebook(tmp_path, "S02")
+    res = run(d, out, renderer="quarto", pool=pool, collaborative=False, site_notebook=nb)
+    assert statuses(res) == {f"site-S0{i}": "failed" if i == 2 else "ok" for i in range(1, 9)}
+    err = res.failed[0].error
+    assert err.startswith("Quarto:") and "YAML" in err  # Quarto's own message, in the manifest
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "YAML" in manifest["reports"]["site-S02"]["error"]
+    assert not (out / "sites" / "S02.html").exists()
+    for s in ("S01", "S03", "S08"):
+        assert f"Hospital {s}:" in html_of(out, f"sites/{s}.html")
+
+
+@pytest.mark.quarto
+@needs_quarto
+def test_quarto_worker_dying_mid_chunk_fails_only_the_report_it_died_on(tmp_path, stable_code, monkeypatch):
+    d = write_data(tmp_path / "d", sites=("S01", "S02", "S03", "S04"))
+    out = tmp_path / "run"
+    # one worker: the first chunk is [S01, S02]; the worker dies publishing S01, before S02
+    monkeypatch.setenv(batch.FAULT_ENV, "exit-after-temp:site-S01")
+    res = run(d, out, renderer="quarto", jobs=1, collaborative=False)
+    assert statuses(res) == {"site-S01": "failed", "site-S02": "ok", "site-S03": "ok", "site-S04": "ok"}
+    assert "worker process died" in res.failed[0].error
+    assert not (out / "sites" / "S01.html").exists()
+    assert not [p for p in (out / "sites").iterdir() if p.name.startswith(".")]

@@ -4,6 +4,7 @@ papermill + nbconvert, then scan every output for anything unsafe to publish."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import warnings
@@ -136,9 +137,126 @@ def test_site_id_must_exist(small_data, tmp_path):
         render.render_report("site", site_id="S99", data_dir=small_data, out_dir=tmp_path)
 
 
+@pytest.mark.quarto
 @pytest.mark.skipif(shutil.which("quarto") is None, reason="quarto not on PATH")
 def test_quarto_renders_executed_notebook(rendered, tmp_path):
     out = render.render_executed(rendered["site"].executed_notebook, tmp_path, formats=("html",),
                                  renderer="quarto", name="site_S03")
     assert out["html"].name == "site_S03.html" and out["html"].is_file()
     assert privacy.scan_outputs([out["html"]], forbidden_strings=["S01", "S02", "S04"]) == []
+
+
+def test_nbconvert_reports_are_self_contained(rendered):
+    """No script, style sheet, font or image is fetched from the network (air-gapped hospitals)."""
+    for key in ("site", "coll"):
+        html = _text(rendered[key].outputs["html"])
+        assert render.external_references(html) == []
+        assert "cdnjs" not in html and "mathjax" not in html.lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Quarto: `ipso report` and `ipso render` through the same staging, reports/_quarto.yml applied
+@pytest.fixture(scope="module")
+def quarto_rendered(small_data, tmp_path_factory):
+    if shutil.which("quarto") is None:
+        pytest.skip("needs the quarto CLI on PATH (export PATH=\"$(../shared/tools/quarto/setup):$PATH\")")
+    from analysis.batch import render_batch
+
+    out = tmp_path_factory.mktemp("quarto")
+    single = render.render_report("site", site_id=TINY, data_dir=small_data, out_dir=out, run="one",
+                                  renderer="quarto")
+    batch = render_batch(small_data, out / "batch", sites=TINY, collaborative=False, jobs=1,
+                         renderer="quarto", show_progress=False)
+    return {"single": single, "batch": batch,
+            "pages": {"ipso report": _text(single.outputs["html"]),
+                      "ipso render": _text(out / "batch" / "sites" / f"{TINY}.html")}}
+
+
+@pytest.mark.quarto
+def test_quarto_report_and_batch_apply_the_project_settings(quarto_rendered):
+    single, batch = quarto_rendered["single"], quarto_rendered["batch"]
+    assert single.ok, (single.error, [f.__dict__ for f in single.findings])
+    assert batch.ok, batch.summary()
+    assert single.renderer == "quarto" and single.renderer_version == render.quarto_version()
+    themes = {}
+    for label, page in quarto_rendered["pages"].items():
+        assert 'content="ipso-analysis via quarto"' in page, label  # generator meta of _quarto.yml
+        assert 'id="TOC"' in page, label  # table of contents
+        assert f"by quarto {render.quarto_version()}" in page, label  # footer names the renderer
+        css = "".join(render.embedded_css(page))
+        # the cosmo theme with its CSS variables intact (no web-font @import swallowing :root)
+        assert "--bs-primary: #2780e3" in css and "@import" not in css, label
+        assert re.search(r"--bs-body-font-family: system-ui", css), label
+        themes[label] = css
+    assert themes["ipso report"] == themes["ipso render"]  # the same theme, compiled the same way
+
+
+@pytest.mark.quarto
+def test_quarto_html_is_self_contained_with_no_broken_links(quarto_rendered):
+    for label, page in quarto_rendered["pages"].items():
+        assert render.external_references(page) == [], label
+        assert "cdn.jsdelivr.net" not in page and "fonts.googleapis" not in page, label
+        assert ".pdf" not in page and "Other Formats" not in page, label  # HTML only: no PDF link
+        for href in re.findall(r'(?:href|src)="([^"#][^"]*)"', page):
+            # every link either leaves for the web on purpose, is a data URL or an in-page anchor
+            assert href.startswith(("http://", "https://", "data:", "mailto:")), (label, href)
+
+
+def test_external_references_finds_what_a_browser_would_fetch():
+    from urllib.parse import quote
+
+    css = '@import "https://fonts.googleapis.com/css2?family=Source+Sans+Pro":root{--bs-x: 1}'
+    page = ('<p><a href="https://example.org/guide">plain link in prose</a></p>'
+            '<img src="data:image/png;base64,AAAA">'
+            f'<link href="data:text/css,{quote(css)}" rel="stylesheet">'
+            "<script src='//cdn.example/x.js'></script>"
+            '<style>.a{background:url("https://img.example/a.png")}</style>')
+    assert render.external_references(page) == [
+        "//cdn.example/x.js", "https://img.example/a.png",
+        "https://fonts.googleapis.com/css2?family=Source+Sans+Pro"]
+    assert render.external_references('<a href="https://example.org">x</a>') == []
+
+
+def test_prepare_for_quarto_keeps_html_as_raw_blocks_without_widget_mime_types():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("t", outputs=[
+        nbformat.v4.new_output("execute_result", data={"text/html": "<table><tr><td>```</td></tr></table>",
+                                                        "text/plain": "t"}, execution_count=1)])])
+    html = render.prepare_for_quarto(nb, "html").cells[0].outputs[0]["data"]
+    assert "text/html" not in html and html["text/plain"] == "t"
+    assert html["text/markdown"] == "````{=html}\n<table><tr><td>```</td></tr></table>\n````\n"
+    assert render.prepare_for_quarto(nb, "pdf") == nb  # Typst reads HTML tables itself
+    assert "text/html" in nb.cells[0].outputs[0]["data"]  # the executed notebook is not touched
+
+
+def test_publish_is_atomic_and_refuses_pages_that_load_from_the_network(tmp_path):
+    good, bad = tmp_path / "good.html", tmp_path / "bad.html"
+    good.write_text("<html><body>ok</body></html>")
+    bad.write_text('<html><head><script src="https://cdn.example/x.js"></script></head></html>')
+    final = tmp_path / "out" / "r.html"
+    seen = []
+    assert render.publish([(good, final)], before_replace=lambda tmp, f: seen.append(tmp.name)) == [final]
+    assert seen == [f".r.html{render.TMP_MARK}{os.getpid()}"] and final.read_text() == good.read_text()
+    with pytest.raises(render.UnsafeOutputError, match="cdn.example"):
+        render.publish([(bad, final)])
+    assert final.read_text() == good.read_text()  # the published report is untouched
+    assert sorted(p.name for p in final.parent.iterdir()) == ["r.html"]  # no temp left behind
+
+
+def test_a_quarto_call_that_hangs_is_stopped_and_one_that_fails_reports_quartos_error(tmp_path):
+    nb = tmp_path / "r.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("hello")]), nb)
+    hang = tmp_path / "hang" / "quarto"
+    hang.parent.mkdir()
+    hang.write_text("#!/bin/sh\necho '[1/1] r.ipynb' >&2\nexec sleep 60\n")
+    fail = tmp_path / "fail" / "quarto"
+    fail.parent.mkdir()
+    fail.write_text("#!/bin/sh\necho 'ERROR: YAMLException: bad indentation' >&2\nexit 1\n")
+    for exe in (hang, fail):
+        exe.chmod(0o755)
+    item = [render.QuartoItem(nb, "r")]
+    res = render.quarto_render_items(item, tmp_path / "s1", quarto=str(hang), timeout=1)["r"]
+    assert "timed out after 1 s" in res.error and res.files == {}
+    res = render.quarto_render_items(item, tmp_path / "s2", quarto=str(fail))["r"]
+    assert res.error.startswith("quarto render failed") and "YAMLException" in res.error
+    with pytest.raises(ValueError, match="ignores"):
+        render.quarto_render_items(item, tmp_path / ".hidden", quarto=str(fail))
