@@ -521,7 +521,7 @@ class LOSCompetingResult:
             ax.set_title("Discharge alive and in-hospital death (competing risks)")
             ax.legend(fontsize=7)
             return ax
-        fig.text(0.01, 0.0, self.caption(), fontsize=6.5, color="dimgray", va="top", ha="left",
+        fig.text(0.01, 0.0, self.caption(), fontsize=6.5, color=PALETTE["text"], va="top", ha="left",
                  wrap=True)
         fig.tight_layout()
         return fig

@@ -10,30 +10,58 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-PALETTE = {
-    "observed": "#4C72B0",
-    "fitted": "#1B3A5C",
-    "counterfactual": "#C44E52",
-    "band": "#C44E52",
-    "signal": "#DD8452",
-    "limit": "#8C8C8C",
-    "highlight": "#C44E52",
-    "pre": "#4C72B0",
-    "post": "#55A868",
+#: The Okabe-Ito colour-blind-safe palette (Okabe & Ito 2008; Wong, Nat Methods 2011): eight
+#: colours told apart with every common colour-vision deficiency.
+OKABE_ITO: dict[str, str] = {
+    "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish_purple": "#CC79A7",
+}
+#: Order of the colour cycle of the theme (categorical series: hospitals, models, periods).
+CATEGORICAL: tuple[str, ...] = tuple(OKABE_ITO[k] for k in (
+    "blue", "orange", "bluish_green", "vermillion", "reddish_purple", "sky_blue", "black", "yellow"))
+#: Neutral greys (limits, reference lines, small print): not colour-coded.
+NEUTRALS: dict[str, str] = {"grey": "#8C8C8C", "text": "#595959"}
+
+#: What each role in a chart is drawn in (every plot function uses these, never a literal).
+#: Pairs a reader must tell apart use Okabe-Ito colours far apart for every colour-vision type:
+#: observed vs counterfactual (blue / vermillion), before vs after (blue / orange), a runs-rule
+#: signal vs a point outside the limits (reddish purple / vermillion).
+PALETTE: dict[str, str] = {
+    "observed": OKABE_ITO["blue"],
+    "fitted": OKABE_ITO["black"],
+    "counterfactual": OKABE_ITO["vermillion"],
+    "band": OKABE_ITO["vermillion"],
+    "signal": OKABE_ITO["reddish_purple"],
+    "limit": NEUTRALS["grey"],
+    "highlight": OKABE_ITO["vermillion"],
+    "pre": OKABE_ITO["blue"],
+    "post": OKABE_ITO["orange"],
+    "text": NEUTRALS["text"],
 }
 
 _THEMED = False
 
+#: Settings that make every saved figure reproducible byte for byte and fit for journals: SVG
+#: ids from a fixed salt, text kept as text in SVG and as TrueType (Type 42, editable) in PDF.
+DETERMINISTIC_RC: dict[str, object] = {
+    "svg.hashsalt": "ipso-report",
+    "svg.fonttype": "none",
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "pdf.compression": 6,
+}
+
 
 def set_theme() -> None:
-    """Apply the suite's single seaborn theme (idempotent)."""
+    """Apply the suite's single seaborn theme (idempotent): whitegrid, the Okabe-Ito colour cycle
+    (:data:`CATEGORICAL`) and the reproducible-output settings (:data:`DETERMINISTIC_RC`)."""
     global _THEMED
     if not _THEMED:
-        sns.set_theme(context="notebook", style="whitegrid", palette="deep")
+        sns.set_theme(context="notebook", style="whitegrid", palette=list(CATEGORICAL))
         # axes.titley fixed (not None = automatic): matplotlib then skips moving each title above
         # top-side tick labels (we draw none there), which cost a third of every figure's draw.
         plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "axes.titleweight": "bold",
-                             "axes.titley": 1.0})
+                             "axes.titley": 1.0, **DETERMINISTIC_RC})
         _THEMED = True
 
 

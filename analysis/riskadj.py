@@ -824,7 +824,7 @@ def funnel_plot(funnel: Funnel | FunnelPlotData, *, ax=None, highlight: str | No
         title += f", {pdata.period}"
     ax.set_title(title)
     ax.annotate(pdata.caption(), xy=(0, 0), xycoords="axes fraction", xytext=(0, -36),
-                textcoords="offset points", fontsize=7, color="dimgray", va="top", wrap=True)
+                textcoords="offset points", fontsize=7, color=PALETTE["text"], va="top", wrap=True)
     ax.legend(loc="upper right", fontsize=7)
     return ax
 

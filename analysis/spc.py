@@ -362,7 +362,7 @@ class ControlChart:
                 ax.axvline(_mid(xs, i), color=PALETTE["limit"], ls="-.", lw=1)
                 if not compact:
                     ax.annotate("baseline ends", xy=(_mid(xs, i), 1), xycoords=("data", "axes fraction"),
-                                fontsize=8, ha="right", va="top", color="dimgray")
+                                fontsize=8, ha="right", va="top", color=PALETTE["text"])
         if "shift_start" in d and d["shift_start"].any():
             for i in np.flatnonzero(d["shift_start"].to_numpy(bool)):
                 xm = _mid(xs, i) if i > 0 else (xs[i] if isinstance(xs, np.ndarray) else xs.iloc[i])
@@ -404,7 +404,7 @@ class ControlChart:
         if show_caption:
             ax.annotate(_wrap(self.caption, 130 if not compact else 60), xy=(0, 0),
                         xycoords="axes fraction", xytext=(0, -44), textcoords="offset points",
-                        fontsize=7, va="top", ha="left", color="dimgray")
+                        fontsize=7, va="top", ha="left", color=PALETTE["text"])
         return ax
 
     def _ylab(self) -> str:
@@ -503,7 +503,7 @@ def chart_pages(charts: Mapping[str, ControlChart], *, ncols: int | None = None,
     rows; each figure carries `title` (with "page i of n") and `caption`. Returns the Figures."""
     import matplotlib.pyplot as plt
 
-    from .plotting import set_theme
+    from .plotting import PALETTE, set_theme
 
     set_theme()
     labels = list(charts)
@@ -531,7 +531,7 @@ def chart_pages(charts: Mapping[str, ControlChart], *, ncols: int | None = None,
         bottom = 0.0
         if caption:
             fig.text(0.01, 0.005, _wrap(caption, int(20 * size[0])), fontsize=6.5, va="bottom",
-                     ha="left", color="dimgray")
+                     ha="left", color=PALETTE["text"])
             bottom = min(0.6 / size[1], 0.3)
         fig.tight_layout(rect=(0, bottom, 1, top), h_pad=0.6, w_pad=0.4)
         figs.append(fig)

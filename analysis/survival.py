@@ -125,14 +125,14 @@ class CoxResult:
 
     def plot(self, ax=None):
         """Forest plot of hazard ratios with CIs (log scale)."""
-        from .plotting import new_axes
+        from .plotting import PALETTE, new_axes
 
         ax = new_axes(ax)
         t = self.table.iloc[::-1]
         y = np.arange(len(t))
         ax.errorbar(t["exp_coef"], y, xerr=[t["exp_coef"] - t["hr_lower"], t["hr_upper"] - t["exp_coef"]],
-                    fmt="o", color="#1B3A5C", capsize=3)
-        ax.axvline(1.0, color="#8C8C8C", lw=1, ls="--")
+                    fmt="o", color=PALETTE["fitted"], capsize=3)
+        ax.axvline(1.0, color=PALETTE["limit"], lw=1, ls="--")
         ax.set_xscale("log")
         ax.set_yticks(y, t.index)
         ax.set_xlabel("Hazard ratio")
