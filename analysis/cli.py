@@ -168,6 +168,27 @@ def render(
 
 
 # ---------------------------------------------------------------------------------------------
+# publish (owner: analysis.publish)
+@app.command()
+def publish(
+    run: Path = typer.Option(..., "--run", help="A finished ipso render run folder."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (new, or a previous bundle)."),
+    formats: str = typer.Option("html,pdf,docx", "--formats",
+                                help="Comma-separated: html, pdf, docx (pdf and docx need Quarto)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="The run's data (default: the data folder in the run's manifest)."),
+    min_cell: Optional[int] = typer.Option(
+        None, "--min-cell", help="Smallest count shown (default: the run's, else 11)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Write the publication bundle of a render run: report, figures, tables, estimates, methods."""
+    from .publish import run_publish_command
+
+    run_publish_command(run=run, out=out, formats=formats, data=data, min_cell=min_cell,
+                        json_out=json_out)
+
+
+# ---------------------------------------------------------------------------------------------
 # report (owner: analysis.render): one report at a time
 report_app = typer.Typer(help="Render one report (a hospital's or the collaborative's), safe to publish.",
                          no_args_is_help=True)
