@@ -93,7 +93,10 @@ def forest_plot(rows: pd.DataFrame, *, label: str = "label", estimate: str = "es
             current = g
         lines.append(("row", i))
     n = len(lines)
-    height = 0.9 + 0.30 * n + (0.35 if title else 0)
+    # fit a page (about 9 in of figure): rows get thinner and labels smaller as rows are added
+    row = min(0.30, max(0.13, 8.2 / max(n, 1)))
+    fs = 8 if row >= 0.25 else (7 if row >= 0.18 else 6)
+    height = 0.9 + row * n + (0.35 if title else 0)
     fig, ax = plt.subplots(figsize=(width, height))
     vals = np.concatenate([pd.to_numeric(d[c], errors="coerce").to_numpy(float)
                            for c in (estimate, lower, upper)])
@@ -120,7 +123,7 @@ def forest_plot(rows: pd.DataFrame, *, label: str = "label", estimate: str = "es
                    for c in (estimate, lower, upper))
         k = str(r[kind]) if kind and pd.notna(r.get(kind)) else "primary"
         if not (np.isfinite(e) and e > 0):
-            ax.text(math.sqrt(lo * hi), y, "not estimable", ha="center", va="center", fontsize=8,
+            ax.text(math.sqrt(lo * hi), y, "not estimable", ha="center", va="center", fontsize=fs,
                     color=PALETTE["text"], style="italic")
             continue
         if np.isfinite(a) and np.isfinite(b) and a > 0:
@@ -133,11 +136,13 @@ def forest_plot(rows: pd.DataFrame, *, label: str = "label", estimate: str = "es
             if b > hi:
                 ax.annotate("", xy=(hi, y), xytext=(hi / 1.12, y),
                             arrowprops=dict(arrowstyle="->", lw=1.2, color=PALETTE["text"]))
-        ax.scatter([min(max(e, lo), hi)], [y], zorder=3, **style.get(k, style["primary"]))
+        st = dict(style.get(k, style["primary"]))
+        st["s"] = st["s"] * (1.0 if fs == 8 else 0.6)
+        ax.scatter([min(max(e, lo), hi)], [y], zorder=3, **st)
         if text_column:
             ax.annotate(_ci_text(e, a, b), xy=(1.02, y), xycoords=("axes fraction", "data"),
-                        va="center", ha="left", fontsize=8)
-    ax.set_yticks(ticks, ylabels, fontsize=8)
+                        va="center", ha="left", fontsize=fs)
+    ax.set_yticks(ticks, ylabels, fontsize=fs)
     for t, (what, _) in zip(ax.get_yticklabels(), lines):
         if what == "group":
             t.set_fontweight("bold")
