@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
@@ -125,8 +125,11 @@ def test_two_way_table_with_margins_no_cell_recoverable():
     assert r.n_complementary >= 2
 
 
-@settings(max_examples=40, deadline=None)
+# derandomize: the same examples on every run (CI never fails at random); bounded in number.
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(st.lists(st.lists(st.integers(0, 40), min_size=3, max_size=3), min_size=2, max_size=4))
+# found by hypothesis: a row sum and the grand total together pinned the hidden 1 in the last row
+@example(rows=[[0, 2, 9], [2, 0, 0], [9, 0, 1]])
 def test_two_way_property_no_exact_recovery(rows):
     body = pd.DataFrame(rows, columns=["a", "b", "c"])
     body["Total"] = body.sum(axis=1)
@@ -235,8 +238,13 @@ def test_scan_finds_names_ids_timestamps_and_small_counts(tmp_path):
     assert ("small_count", "r.html") in kinds
     assert ("forbidden_string", "r.ipynb") in kinds
     assert ("identifier_column", "x.csv") in kinds
+    # what a finding says is safe to show wherever the failure is listed: never the value found
     details = " ".join(x.detail for x in f)
-    assert "e000123" in details.lower() and "count 7" in details
+    assert "e000123" not in details.lower() and "S017" not in details and "7" not in details
+    assert "Mary" not in details
+    # the excerpt (internal diagnosis) masks the value it is about
+    assert all("[...]" in x.excerpt and "e000123" not in x.excerpt.lower()
+               for x in f if x.kind == "forbidden_string")
 
 
 def test_scan_clean_output_and_word_boundaries(tmp_path):
