@@ -1231,6 +1231,9 @@ def _ensure_shared(
             hook(data_dir, tmp, run_key, parameters=dict(parameters))
         else:
             hook(data_dir, tmp, run_key)
+    except _render.UnsafePathError:  # a path from the data would leave the folder: stop the run
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return "failed", "", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
