@@ -1,5 +1,6 @@
 # ipso-analysis: two commands do everything on a fresh machine.
 #   make demo   create .venv, install, simulate the synthetic collaborative, render every report
+#               (prints reports/demo/publish/index.html: what may leave the analysis server)
 #   make test   create .venv, install, run the test suite
 #   make lock   refresh requirements.lock (and environment.yml's pins) after editing pyproject.toml
 # .venv is installed from requirements.lock (every dependency pinned, with hashes), then the

@@ -132,6 +132,13 @@ def plan_show(
 
 # ---------------------------------------------------------------------------------------------
 # render (owner: analysis.batch)
+_PLAN_OPT = typer.Option(
+    None, "--plan", help="Analysis plan YAML for the shared step and every report (checked first; "
+    "a bad plan exits 2 naming estimand and field). Default: the built-in plan.")
+_WAIT_OPT = typer.Option(
+    0.0, "--wait", help="Seconds to wait when another ipso command is using the run folder "
+    "(default 0: exit 2 at once, naming it).")
+
 @app.command()
 def render(
     sites: str = typer.Option("all", "--sites", help="'all' or comma-separated site ids."),
@@ -147,23 +154,27 @@ def render(
     force: bool = typer.Option(False, "--force", help="Re-render even reports whose inputs are unchanged."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-render only the reports that failed last run."),
     data: Path = typer.Option(Path("data/synthetic"), "--data", help="Extract or store directory."),
-    out: Path = typer.Option(Path("reports/latest"), "--out", help="Run folder (index.html, manifest.json, reports)."),
+    out: Path = typer.Option(Path("reports/latest"), "--out",
+                             help="Run folder: OUT/publish/ (reports, index.html, manifest.json) and OUT/internal/."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
     as_of: Optional[str] = typer.Option(
         None, "--as-of", help="Data cut-off month YYYY-MM for every report (default: last month)."),
     min_cell: Optional[int] = typer.Option(
         None, "--min-cell", help="Smallest count shown; 1..MIN_CELL-1 are suppressed (default: 11)."),
+    plan: Optional[Path] = _PLAN_OPT,
+    wait: float = _WAIT_OPT,
     site_notebook: Optional[Path] = typer.Option(None, "--site-notebook", hidden=True),
     collaborative_notebook: Optional[Path] = typer.Option(None, "--collaborative-notebook", hidden=True),
 ) -> None:
-    """Render every hospital's report (and the collaborative one): parallel, incremental, fault-isolated."""
+    """Render every hospital's report (and the collaborative one): parallel, incremental,
+    fault-isolated. Only OUT/publish/ is meant to leave the analysis server."""
     from .batch import run_render_command
 
     run_render_command(
         data=data, out=out, sites=sites, collaborative=collaborative, jobs=jobs, formats=formats,
         executor=executor, scheduler=scheduler, force=force, retry_failed=retry_failed,
         json_out=json_out, site_notebook=site_notebook, collaborative_notebook=collaborative_notebook,
-        as_of=as_of, min_cell=min_cell,
+        as_of=as_of, min_cell=min_cell, plan=plan, wait=wait,
     )
 
 
@@ -195,7 +206,8 @@ report_app = typer.Typer(help="Render one report (a hospital's or the collaborat
 app.add_typer(report_app, name="report")
 
 _DATA_OPT = typer.Option(None, "--data", help="Store or extract directory (default: the synthetic collaborative).")
-_OUT_OPT = typer.Option(Path("reports"), "--out", help="Reports directory; output goes to OUT/RUN/.")
+_OUT_OPT = typer.Option(Path("reports"), "--out",
+                        help="Reports directory; the report goes to OUT/RUN/publish/, its working files to OUT/RUN/internal/.")
 _RUN_OPT = typer.Option("adhoc", "--run", help="Run folder name (reports of one run share pseudonyms).")
 _FORMATS_OPT = typer.Option("html", "--formats", help="Comma-separated: html, pdf (pdf needs Quarto).")
 _MIN_CELL_OPT = typer.Option(11, "--min-cell", help="Smallest count shown; 1..MIN_CELL-1 are suppressed.")
@@ -208,26 +220,26 @@ def report_site(
     site_id: str = typer.Argument(..., help="Hospital site id."),
     data: Optional[Path] = _DATA_OPT, out: Path = _OUT_OPT, run: str = _RUN_OPT,
     formats: str = _FORMATS_OPT, min_cell: int = _MIN_CELL_OPT, as_of: Optional[str] = _AS_OF_OPT,
-    json_out: bool = _JSON_OPT,
+    json_out: bool = _JSON_OPT, plan: Optional[Path] = _PLAN_OPT, wait: float = _WAIT_OPT,
 ) -> None:
     """Render one hospital's report (names only that hospital; peers under pseudonyms)."""
     from .render import run_report_command
 
     run_report_command("site", site_id=site_id, data=data, out=out, run=run, formats=formats,
-                       min_cell=min_cell, as_of=as_of, json_out=json_out)
+                       min_cell=min_cell, as_of=as_of, json_out=json_out, plan=plan, wait=wait)
 
 
 @report_app.command("collaborative")
 def report_collaborative(
     data: Optional[Path] = _DATA_OPT, out: Path = _OUT_OPT, run: str = _RUN_OPT,
     formats: str = _FORMATS_OPT, min_cell: int = _MIN_CELL_OPT, as_of: Optional[str] = _AS_OF_OPT,
-    json_out: bool = _JSON_OPT,
+    json_out: bool = _JSON_OPT, plan: Optional[Path] = _PLAN_OPT, wait: float = _WAIT_OPT,
 ) -> None:
     """Render the collaborative report (every hospital under a pseudonym)."""
     from .render import run_report_command
 
     run_report_command("collaborative", site_id=None, data=data, out=out, run=run, formats=formats,
-                       min_cell=min_cell, as_of=as_of, json_out=json_out)
+                       min_cell=min_cell, as_of=as_of, json_out=json_out, plan=plan, wait=wait)
 
 
 if __name__ == "__main__":  # pragma: no cover

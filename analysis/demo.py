@@ -3,8 +3,10 @@
     python -m analysis.demo --data data/synthetic --out reports/demo --jobs N
 
 The Makefile simulates the data first (``ipso simulate --out data/synthetic``); this module then
-runs the batch renderer (``ipso render``) and prints the path of ``index.html`` last, so a user
-can open it. Exit status is non-zero when a report failed (the index lists it).
+runs the batch renderer (``ipso render``) and prints the path of the public index,
+``reports/demo/publish/index.html``, last, so a user can open it (``publish/`` is what may leave
+the analysis server; ``internal/`` holds the key, shared fits and executed notebooks). Exit status
+is non-zero when a report failed (both indexes list it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in result.failed:
         console.print(f"[red]FAILED {r.report_id}: {r.error}[/red]")
+    if result.failed:
+        console.print(f"analyst's index (internal): {result.internal_index_path}")
     print(result.index_path.resolve())
     return 0 if result.ok else 1
 

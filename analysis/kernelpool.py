@@ -113,6 +113,45 @@ _sys.path[:] = _st.path
 """
 
 
+#: Prefix of a kernel's private folder (IPC sockets and connection file):
+#: ``<tmp>/ipso-kernel-<pid of the process that owns the kernel>-<random>``.
+KERNEL_DIR_PREFIX = "ipso-kernel-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kernel_dirs(owner: int | None = None) -> list[Path]:
+    """Kernel folders in the temporary directory (of process `owner` only, when given)."""
+    base = Path(tempfile.gettempdir())
+    out = []
+    for d in base.glob(f"{KERNEL_DIR_PREFIX}*"):
+        parts = d.name[len(KERNEL_DIR_PREFIX):].split("-", 1)
+        if d.is_dir() and parts[0].isdigit() and (owner is None or int(parts[0]) == owner):
+            out.append(d)
+    return out
+
+
+def sweep_kernel_dirs(owner: int | None = None) -> int:
+    """Remove kernel folders whose owning process is gone (all of `owner`'s, when given and that
+    process is gone): what a killed worker could not clean up. Its kernel exits by itself (it
+    watches its parent, see :class:`WarmKernel`). Returns the number removed."""
+    n = 0
+    for d in kernel_dirs(owner):
+        pid = int(d.name[len(KERNEL_DIR_PREFIX):].split("-", 1)[0])
+        if not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
+
+
 class IpcKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel talks over Unix domain sockets (IPC transport) in a private
     0700 temporary folder, never over TCP.
@@ -120,20 +159,42 @@ class IpcKernelManager(AsyncKernelManager):
     Report kernels always run on the machine of their worker, so there is no reason to open TCP
     ports: with IPC no other machine can reach the kernel, other users can't open its sockets, and
     ipykernel has no reason to print "Kernel is running over TCP without encryption" at every
-    start. The folder is removed with the manager. Used by :class:`WarmKernel` and, as papermill's
+    start. The folder (``ipso-kernel-<owner pid>-*``) holds the sockets AND the connection file,
+    so removing it removes every trace of the kernel: :meth:`cleanup_ipc_folder` (called by
+    :meth:`WarmKernel.shutdown`), at garbage collection or interpreter exit, and, for a process
+    that was killed, :func:`sweep_kernel_dirs`. Used by :class:`WarmKernel` and, as papermill's
     ``kernel_manager_class``, by :func:`analysis.render.execute_notebook`.
     """
 
     transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        if self.transport == "ipc":
+            folder = self._ipc_folder()
+            if not self.connection_file:
+                self.connection_file = os.path.join(folder, "kernel.json")
+
+    def _ipc_folder(self) -> str:
+        folder = getattr(self, "_ipso_folder", None)
+        if folder is None:
+            # a short absolute path: Unix socket paths are limited to about 107 bytes
+            folder = tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-")
+            self._ipso_folder = folder
+            self._ipso_finalizer = weakref.finalize(self, shutil.rmtree, folder, True)
+        return folder
+
     @default("ip")
     def _ip_default(self) -> str:
         if self.transport != "ipc":
             return super()._ip_default()
-        # a short absolute path: Unix socket paths are limited to about 107 bytes
-        folder = tempfile.mkdtemp(prefix="ipso-kernel-")
-        weakref.finalize(self, shutil.rmtree, folder, True)
-        return os.path.join(folder, "k")
+        return os.path.join(self._ipc_folder(), "k")
+
+    def cleanup_ipc_folder(self) -> None:
+        """Remove the folder with the sockets and the connection file (safe to call twice)."""
+        fin = getattr(self, "_ipso_finalizer", None)
+        if fin is not None:
+            fin()
 
 
 class ReportExecutionError(RuntimeError):
@@ -181,7 +242,8 @@ class WarmKernel:
         if self.threads is not None:
             for var in THREAD_VARIABLES:
                 env.setdefault(var, str(max(1, int(self.threads))))
-        env.pop("JPY_PARENT_PID", None)
+        # the kernel exits when this process dies, even by kill -9 (ipykernel's parent poller)
+        env["JPY_PARENT_PID"] = str(os.getpid())
         warm = nbformat.v4.new_notebook(
             cells=[nbformat.v4.new_code_cell(_WARMUP.format(modules=list(self.preload)))]
         )
@@ -231,6 +293,10 @@ class WarmKernel:
                 pass
             try:
                 run_sync(self.km.cleanup_resources)()
+            except Exception:
+                pass
+            try:
+                self.km.cleanup_ipc_folder()
             except Exception:
                 pass
         self.km = None

@@ -3,13 +3,20 @@
 (:mod:`analysis.batch`) uses the same building blocks, so ``ipso report`` and ``ipso render`` give
 the same reports.
 
-Layout of a run (``reports/<run>/``, never committed)::
+Layout of a run (``reports/<run>/``, never committed); only ``publish/`` is meant to leave the
+analysis server (:data:`PUBLISH_DIRNAME`, :data:`INTERNAL_DIRNAME`)::
 
-    <name>.html, <name>.pdf         published outputs (``site_<SITE>`` or ``collaborative``)
-    _work/<name>/<name>.ipynb       executed notebook, kept for audit (cwd of the kernel: figures and
-                                    intermediate files of one report can never collide with another's)
-    _work/<name>/quarto/            Quarto's staging project (reports/_quarto.yml + the notebook)
-    _work/run_key                   the run's secret pseudonym key (not published)
+    publish/<name>.html, .pdf       published outputs (``site_<SITE>`` or ``collaborative``), each
+                                    scanned (:func:`scan_for_publication`) before it appears
+    internal/run_key                the run's secret pseudonym key
+    internal/work/<name>/<name>.ipynb  executed notebook, kept for audit (cwd of the kernel: figures
+                                    and intermediate files of one report never collide)
+    internal/work/<name>/stage/     rendered files before the scan; Quarto's staging project
+    internal/work/<name>/scan.json  what the output scan found (values masked), when it failed
+    .ipso-lock                      held while a command works on the folder (:func:`run_lock`)
+
+Every path built from data or arguments (run names, report names, site ids, format names) goes
+through :func:`confined_path`, which refuses anything that would leave the run folder.
 
 How Quarto is run (:func:`quarto_render_items`): the executed notebooks are copied into a staging
 folder that is a Quarto project (``reports/_quarto.yml`` and its theme; a folder whose name starts
@@ -23,7 +30,8 @@ Quarto does not add the require.js/jQuery CDN scripts it adds for "JavaScript wi
 self-contained and open on an air-gapped machine.
 
 Every published file goes through :func:`publish` (temporary sibling, then ``os.replace``): the one
-place where a report's final files appear.
+place where a report's final files appear, and the gate before it (offline check and the output
+scan of :mod:`analysis.privacy`).
 
 Building blocks for :mod:`analysis.batch` (signatures kept stable):
 
@@ -68,7 +76,13 @@ NOTEBOOKS = {
 QUARTO_CONFIG = REPO_ROOT / "reports" / "_quarto.yml"
 #: Files copied with it (the theme layer it names).
 QUARTO_PROJECT_FILES = (QUARTO_CONFIG, REPO_ROOT / "reports" / "ipso.scss")
-WORK_DIRNAME = "_work"
+#: What may leave the analysis server (reports, index, manifest) and what may not (key, pickles,
+#: executed notebooks, site slices, shared fits, logs).
+PUBLISH_DIRNAME = "publish"
+INTERNAL_DIRNAME = "internal"
+WORK_DIRNAME = "work"
+#: Lock file of a run folder (:func:`run_lock`).
+LOCK_FILE = ".ipso-lock"
 FORMATS = ("html", "pdf")
 #: Quarto target per output format (PDF through Typst: no LaTeX needed).
 QUARTO_TO = {"html": "html", "pdf": "typst"}
@@ -85,7 +99,10 @@ class RenderWarning(UserWarning):
 
 
 class UnsafeOutputError(RuntimeError):
-    """A rendered file must not be published (e.g. an HTML page that loads from the internet)."""
+    """A rendered file must not be published (an HTML page that loads from the internet, or a file
+    the output scan refuses: then ``findings`` lists what it found)."""
+
+    findings: tuple = ()
 
 
 def find_quarto() -> str | None:
@@ -204,6 +221,211 @@ def data_site_ids(data_dir: str | Path | None) -> list[str]:
                 col = pd.read_csv(path, usecols=["site_id"], dtype=str, keep_default_na=False)["site_id"]
             return list(dict.fromkeys(col.astype(str)))
     raise ValueError(f"{base}: no sites or episodes table (.parquet or .csv)")
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders: paths that cannot escape, a lock, the key
+UnsafePathError = privacy.UnsafePathError
+confined_path = privacy.confined_path
+
+
+class RunLockedError(ValueError):
+    """Another ipso command holds the run folder's lock."""
+
+
+class _RunLock:
+    def __init__(self, fh, path: Path):
+        self.fh, self.path = fh, path
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fh is not None:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_UN)
+            finally:
+                self.fh.close()
+                self.fh = None
+
+
+def acquire_run_lock(run_dir: str | Path, *, wait: float = 0.0, command: str = "ipso") -> _RunLock:
+    """Take the run folder's lock (``<run_dir>/.ipso-lock``, an ``flock``: released by the
+    operating system when the holder dies, even by kill -9, so it can never go stale).
+
+    `wait`: seconds to wait for another holder to finish (0: do not wait). Raises
+    :class:`RunLockedError` naming the holder (pid, host, command, start time) when the lock is
+    still taken after `wait` seconds.
+    """
+    import fcntl
+    import json
+    import socket
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fh = open(path, "a+")
+    deadline = time.monotonic() + max(0.0, float(wait))
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                fh.seek(0)
+                try:
+                    holder = json.loads(fh.read() or "{}")
+                except ValueError:
+                    holder = {}
+                fh.close()
+                who = (f"{holder.get('command', 'an ipso command')} (pid {holder.get('pid', '?')} on "
+                       f"{holder.get('host', '?')}, started {holder.get('started', '?')})")
+                raise RunLockedError(
+                    f"{run_dir} is in use by {who}; wait for it to finish"
+                    + (f" (waited {wait:g} s)" if wait else "") + ", or pass --wait SECONDS")
+            time.sleep(0.2)
+    fh.seek(0)
+    fh.truncate()
+    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                         "started": time.strftime("%Y-%m-%d %H.%M.%S")}))
+    fh.flush()
+    return _RunLock(fh, path)
+
+
+class run_lock:
+    """``with run_lock(run_dir, wait=0, command="ipso render"):`` (:func:`acquire_run_lock`)."""
+
+    def __init__(self, run_dir: str | Path, *, wait: float = 0.0, command: str = "ipso"):
+        self.args = (run_dir, wait, command)
+        self.lock: _RunLock | None = None
+
+    def __enter__(self) -> _RunLock:
+        run_dir, wait, command = self.args
+        self.lock = acquire_run_lock(run_dir, wait=wait, command=command)
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+class terminate_as_exit:
+    """Within the block, SIGTERM raises SystemExit(143) in the main thread, so every ``finally``
+    and context manager runs (kernels are shut down, their connection files removed) instead of
+    the process vanishing. Outside the main thread: does nothing."""
+
+    def __enter__(self):
+        import signal
+
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            def on_term(signum, frame):
+                raise SystemExit(128 + signum)
+
+            self.old = signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+def plan_parameter(plan: str | Path | None) -> tuple[str | None, str | None]:
+    """Check an analysis plan YAML file (:meth:`analysis.plan.Plan.from_yaml`) and return
+    (absolute path, hash of the plan's content) for the notebooks' ``plan`` parameter and the
+    report keys; (None, None) without a plan. Raises :class:`analysis.plan.PlanError` (a
+    ValueError naming the estimand, level and field) for a bad plan."""
+    if plan is None:
+        return None, None
+    import hashlib
+    import json
+
+    from .plan import Plan
+
+    path = Path(plan).resolve()
+    parsed = Plan.from_yaml(path)
+    digest = hashlib.sha256(json.dumps(parsed.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    return str(path), digest[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# what must never be published, and the scan before publishing
+def forbidden_strings_for(data_dir: str | Path | None) -> dict[str, Any]:
+    """Strings no published file may hold, read cheaply from the raw input (rows the validator
+    would quarantine included): ``{"sites": {site_id: site_name}, "ids": [episode and patient ids,
+    quarantined rows' keys]}``. A report may name its own hospital (:func:`forbidden_for_report`).
+    None: the default synthetic collaborative."""
+    import pandas as pd
+
+    from .reporting import DEFAULT_SYNTHETIC_DIR
+
+    if data_dir is None and not DEFAULT_SYNTHETIC_DIR.exists():
+        from .reporting import load_run
+
+        run = load_run(None, run_key="scan")
+        return {"sites": dict(zip(run.sites["site_id"].astype(str), run.sites["site_name"].astype(str))),
+                "ids": run.forbidden_strings(None)}
+    base = Path(data_dir) if data_dir is not None else DEFAULT_SYNTHETIC_DIR
+
+    def read(name: str, columns: list[str]) -> pd.DataFrame:
+        for ext in (".parquet", ".csv"):
+            path = base / f"{name}{ext}"
+            if not path.is_file():
+                continue
+            if ext == ".parquet":
+                import pyarrow.parquet as pq
+
+                have = set(pq.read_schema(path).names)
+                return pd.read_parquet(path, columns=[c for c in columns if c in have])
+            return pd.read_csv(path, usecols=lambda c: c in columns, dtype=str, keep_default_na=False)
+        return pd.DataFrame(columns=columns)
+
+    sites = read("sites", ["site_id", "site_name"])
+    names = dict(zip(sites.get("site_id", pd.Series(dtype=str)).astype(str),
+                     sites.get("site_name", pd.Series(dtype=str)).astype(str)))
+    ids: list[str] = []
+    for name, cols in (("episodes", ["episode_id", "patient_id"]), ("quarantine", ["key"])):
+        df = read(name, cols)
+        for c in cols:
+            if c in df:
+                ids += [v for v in df[c].dropna().astype(str) if v]
+    return {"sites": names, "ids": list(dict.fromkeys(ids))}
+
+
+def forbidden_for_report(forbidden: Mapping[str, Any], site_id: str | None,
+                         run_key: str | None = None, *, index: bool = False) -> privacy.ForbiddenStrings:
+    """The forbidden strings of one published file: every identifier, every hospital's name and id
+    except the report's own (`site_id`; None: the collaborative report names none), and the run
+    key. `index=True` (the public index and manifest, which list reports by site id): every name,
+    no site id. The long list of identifiers is prepared once per `forbidden` mapping (a dict
+    from :func:`forbidden_strings_for`) and re-used for every report."""
+    prepared = forbidden.get("_prepared") if isinstance(forbidden, dict) else None
+    if prepared is None:
+        prepared = privacy.ForbiddenStrings(forbidden.get("ids", []))
+        if isinstance(forbidden, dict):
+            forbidden["_prepared"] = prepared
+    sites = dict(forbidden.get("sites", {}))
+    out = [n for s, n in sites.items() if s != site_id or index]
+    if not index:
+        out += [s for s in sites if s != site_id]
+    if run_key:
+        out.append(run_key)
+    return prepared.extended(out)
+
+
+def scan_for_publication(files: Sequence[str | Path], *,
+                         forbidden_strings: Sequence[str] | privacy.ForbiddenStrings = (),
+                         min_cell: int = privacy.DEFAULT_MIN_CELL,
+                         executed_notebook: str | Path | None = None) -> list[privacy.Finding]:
+    """The output scan every file passes before it is published (:func:`analysis.privacy.scan_outputs`,
+    every check). A PDF's figures cannot be read back from its drawing commands, so when a PDF is
+    among `files`, the figures of the notebook it was rendered from (`executed_notebook`) are
+    checked instead (marker and coordinates)."""
+    findings = privacy.scan_outputs(list(files), forbidden_strings=forbidden_strings, min_cell=min_cell)
+    if executed_notebook is not None and any(Path(f).suffix.lower() == ".pdf" for f in files):
+        findings += privacy.scan_outputs([executed_notebook], min_cell=min_cell, checks=("figures",))
+    return findings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,15 +772,19 @@ def quarto_render_items(items: Sequence[QuartoItem], stage_dir: str | Path,
 
 
 def publish(pairs: Sequence[tuple[Path, Path]], *,
-            before_replace: Callable[[Path, Path], None] | None = None) -> list[Path]:
+            before_replace: Callable[[Path, Path], None] | None = None,
+            scan: Callable[[list[Path]], list[privacy.Finding]] | None = None) -> list[Path]:
     """Publish rendered files: each ``(source, final)`` is copied to a hidden temporary sibling of
     `final` (``.<name>.tmp-<pid>``) and ``os.replace``-d onto it, so a reader (or a run killed at
     any moment) sees the previous complete file or the new complete one, never a partial one.
 
-    The one place where a report's final files appear, and the gate before it: an HTML page that
-    would fetch anything from the network (:func:`external_references`) raises
-    :class:`UnsafeOutputError` and nothing is published. `before_replace(tmp, final)` runs after
-    each temporary file is written (the batch's fault-injection hook). Returns the final paths.
+    The one place where a report's final files appear, and the gate before it: nothing is
+    published, and :class:`UnsafeOutputError` is raised, when an HTML page would fetch anything
+    from the network (:func:`external_references`) or when `scan` (called with every source file
+    at once, e.g. :func:`scan_for_publication`) finds anything; the error's ``findings`` hold what
+    the scan found and its message says what kind of problem, never the value.
+    `before_replace(tmp, final)` runs after each temporary file is written (the batch's
+    fault-injection hook). Returns the final paths.
     """
     for src, final in pairs:
         if Path(final).suffix.lower() in (".html", ".htm"):
@@ -567,6 +793,12 @@ def publish(pairs: Sequence[tuple[Path, Path]], *,
                 raise UnsafeOutputError(
                     f"{Path(final).name} is not self-contained: it would load "
                     f"{', '.join(ext[:5])}{' ...' if len(ext) > 5 else ''} from the network")
+    if scan is not None:
+        findings = scan([Path(src) for src, _ in pairs])
+        if findings:
+            err = UnsafeOutputError(privacy.describe_findings(findings))
+            err.findings = findings
+            raise err
     done: list[Path] = []
     for src, final in pairs:
         final = Path(final)
@@ -612,48 +844,59 @@ def quarto_render(paths_or_dir: str | Path | Sequence[str | Path], formats: Sequ
     return produced
 
 
-def render_executed(executed_ipynb: str | Path, out_dir: str | Path, *,
-                    formats: Sequence[str] = ("html",), renderer: str = "auto",
-                    name: str | None = None) -> dict[str, Path]:
-    """Turn an executed notebook into ``<name>.html`` / ``<name>.pdf`` in `out_dir`, without
-    re-executing it: Quarto when available (``renderer="auto"``; staged in
-    ``<out_dir>/_work/<name>/quarto`` with ``reports/_quarto.yml``, as ``ipso render`` does),
-    otherwise nbconvert.
-
-    PDF needs Quarto (Typst); with nbconvert it is skipped with a :class:`RenderWarning` and is
-    missing from the returned mapping ``{format: path}``. Raises RuntimeError with Quarto's error
-    when Quarto fails.
-    """
+def stage_outputs(executed_ipynb: str | Path, stage_dir: str | Path, *,
+                  formats: Sequence[str] = ("html",), renderer: str = "auto",
+                  name: str | None = None) -> dict[str, Path]:
+    """Render an executed notebook, without re-executing it, into `stage_dir` (not published yet):
+    ``{format: staged file}`` named ``<name>.<suffix>``. Quarto when available (a staging project
+    with ``reports/_quarto.yml`` in ``<stage_dir>/quarto``), otherwise nbconvert (HTML only: PDF
+    is skipped with a :class:`RenderWarning`). Raises RuntimeError with Quarto's error."""
     import nbformat
 
     executed_ipynb = Path(executed_ipynb)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_dir = Path(stage_dir)
     name = name or executed_ipynb.stem
     fmts = parse_formats(list(formats))
     used = resolve_renderer(renderer)
-    outputs: dict[str, Path] = {}
+    out: dict[str, Path] = {}
     if used == "quarto":
-        stage = out_dir / WORK_DIRNAME / name / "quarto"
-        res = quarto_render_items([QuartoItem(executed_ipynb, name)], stage, fmts)[name]
+        res = quarto_render_items([QuartoItem(executed_ipynb, name)], stage_dir / "quarto", fmts)[name]
         if res.error:
             raise RuntimeError(res.error)
-        for fmt, src in res.files.items():
-            outputs[fmt] = publish([(src, out_dir / f"{name}{SUFFIX[fmt]}")])[0]
-        shutil.rmtree(stage, ignore_errors=True)
-        return outputs
+        return dict(res.files)
     nb = nbformat.read(executed_ipynb, as_version=4)
     for fmt in fmts:
         if fmt == "html":
-            staged = export_html(nb, out_dir / WORK_DIRNAME / name / "nbconvert" / f"{name}.html",
-                                 renderer_label=renderer_label("nbconvert"))
-            outputs["html"] = publish([(staged, out_dir / f"{name}.html")])[0]
-            staged.unlink()
+            out["html"] = export_html(nb, stage_dir / "nbconvert" / f"{name}.html",
+                                      renderer_label=renderer_label("nbconvert"))
         else:
             warnings.warn("PDF output needs Quarto (Typst), which is not on PATH: "
                           f"{name}.pdf was not produced; install Quarto to get PDFs.",
                           RenderWarning, stacklevel=2)
-    return outputs
+    return out
+
+
+def render_executed(executed_ipynb: str | Path, out_dir: str | Path, *,
+                    formats: Sequence[str] = ("html",), renderer: str = "auto",
+                    name: str | None = None,
+                    scan: Callable[[list[Path]], list[privacy.Finding]] | None = None) -> dict[str, Path]:
+    """Turn an executed notebook into ``<name>.html`` / ``<name>.pdf`` in `out_dir`, without
+    re-executing it (:func:`stage_outputs` in a temporary folder, then :func:`publish`, with
+    `scan` as its gate).
+
+    PDF needs Quarto (Typst); with nbconvert it is skipped with a :class:`RenderWarning` and is
+    missing from the returned mapping ``{format: path}``. Raises RuntimeError with Quarto's error
+    when Quarto fails, :class:`UnsafeOutputError` when the gate refuses the files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = name or Path(executed_ipynb).stem
+    with tempfile.TemporaryDirectory(prefix="ipso-stage-") as tmp:
+        staged = stage_outputs(executed_ipynb, Path(tmp) / "stage", formats=formats,
+                               renderer=renderer, name=name)
+        finals = publish([(src, confined_path(out_dir, f"{name}{SUFFIX[fmt]}"))
+                          for fmt, src in staged.items()], scan=scan)
+    return dict(zip(staged, finals))
 
 
 def execute_notebook(notebook: str | Path, parameters: Mapping[str, Any], output_path: str | Path, *,
@@ -738,13 +981,24 @@ def report_name(kind: str, site_id: str | None = None) -> str:
 
 
 def run_key_for(run_dir: Path) -> str:
-    """The run's secret pseudonym key: read from ``_work/run_key`` or created (random) once."""
-    path = run_dir / WORK_DIRNAME / "run_key"
+    """The run's secret pseudonym key: read from ``internal/run_key`` or created (random) once.
+
+    A run folder of the older layout keeps its key (``_work/run_key`` is moved), so hospitals keep
+    their pseudonyms."""
+    run_dir = Path(run_dir)
+    path = run_dir / INTERNAL_DIRNAME / "run_key"
+    legacy = run_dir / "_work" / "run_key"
+    if not path.exists() and legacy.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(legacy, path)
     if path.exists():
-        return path.read_text().strip()
+        key = path.read_text().strip()
+        if key:
+            return key
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(16)
-    path.write_text(key + "\n")
+    _atomic_write_text(path, key + "\n")
+    os.chmod(path, 0o600)
     return key
 
 
@@ -764,8 +1018,12 @@ def render_report(
     kernel_name: str | None = None,
     timeout: float | None = 1200,
     scan: bool = True,
+    plan: str | Path | None = None,
+    wait: float = 0.0,
 ) -> ReportResult:
-    """Execute and render one report into ``<out_dir>/<run>/``; scan every output before returning.
+    """Execute and render one report into ``<out_dir>/<run>/``: the executed notebook under
+    ``internal/``, the report under ``publish/`` only once every output file passed the output
+    scan (:func:`scan_for_publication`).
 
     Parameters
     ----------
@@ -774,12 +1032,18 @@ def render_report(
     data_dir:
         Store or extract directory; None: the default synthetic collaborative.
     run:
-        Name of the run folder (default ``"latest"``). Reports of one run share pseudonyms.
+        Name of the run folder (default ``"latest"``; a plain name, :func:`confined_path`).
+        Reports of one run share pseudonyms.
     run_key:
-        Pseudonym key; None: the run's secret random key (``_work/run_key``).
+        Pseudonym key; None: the run's secret random key (``internal/run_key``).
     scan:
-        Run :func:`analysis.privacy.scan_outputs` on the outputs and executed notebook; problems go
-        to ``result.findings`` (and ``result.ok`` is False).
+        Scan every output before publishing; what the scan finds goes to ``result.findings``
+        (``result.ok`` is False) and nothing is published. ``scan=False`` (tests only) publishes
+        after the offline check alone.
+    plan:
+        Analysis plan YAML (:func:`plan_parameter`), given to the notebook as ``plan``.
+    wait:
+        Seconds to wait for another command holding the run folder (:func:`run_lock`).
     """
     t0 = time.perf_counter()
     name = report_name(kind, site_id)
@@ -787,63 +1051,73 @@ def render_report(
     as_of = parse_as_of(as_of)
     min_cell = parse_min_cell(int(min_cell))
     used = resolve_renderer(renderer)
+    plan_path, _ = plan_parameter(plan)
     if kind == "site":  # refused at once, before the data are loaded
         known = data_site_ids(data_dir)
         if str(site_id) not in known:
             raise ValueError(f"site_id {site_id!r} is not in the data ({len(known)} sites: "
                              f"{', '.join(known[:5])}{', ...' if len(known) > 5 else ''})")
-    data = None
-    if scan:
-        from .reporting import load_run
+    run_dir = confined_path(out_dir, run or "latest")
+    forbidden = forbidden_strings_for(data_dir) if scan else {}
+    with run_lock(run_dir, wait=wait, command=f"ipso report {kind}"):
+        key = run_key or run_key_for(run_dir)
+        work = confined_path(run_dir, INTERNAL_DIRNAME, WORK_DIRNAME, name)
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        executed = work / f"{name}.ipynb"
+        params = {
+            "site_id": site_id,
+            "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+            "as_of": as_of,
+            "min_cell": int(min_cell),
+            "run_key": key,
+            "shared_dir": str(Path(shared_dir).resolve()) if shared_dir is not None else None,
+            "renderer": renderer_label(used),
+            "formats": list(fmts),
+            "plan": plan_path,
+        }
+        result = ReportResult(kind, site_id, name, run_dir, used, executed_notebook=executed,
+                              renderer_version=renderer_version(used))
 
-        data = load_run(data_dir, as_of=as_of, run_key="check", min_cell=min_cell)
-    run_dir = Path(out_dir) / (run or "latest")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    key = run_key or run_key_for(run_dir)
-    work = run_dir / WORK_DIRNAME / name
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    executed = work / f"{name}.ipynb"
-    params = {
-        "site_id": site_id,
-        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
-        "as_of": as_of,
-        "min_cell": int(min_cell),
-        "run_key": key,
-        "shared_dir": str(Path(shared_dir).resolve()) if shared_dir is not None else None,
-        "renderer": renderer_label(used),
-        "formats": list(fmts),
-    }
-    result = ReportResult(kind, site_id, name, run_dir, used, executed_notebook=executed,
-                          renderer_version=renderer_version(used))
-    try:
-        execute_notebook(NOTEBOOKS[kind], params, executed, cwd=work, kernel_name=kernel_name,
-                         timeout=timeout)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RenderWarning)
-            result.outputs = render_executed(executed, run_dir, formats=fmts, renderer=used, name=name)
-        result.warnings += [str(w.message) for w in caught if issubclass(w.category, RenderWarning)]
-    except Exception as exc:  # noqa: BLE001 - reported in the result, never half-published
-        result.error = f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
-    if scan and data is not None and executed.exists():
-        forbidden = data.forbidden_strings(site_id)
-        published = [p for p in result.outputs.values() if p.suffix != ".pdf"]
-        # the executed notebook (audit, not published) holds the run key in its parameters
-        result.findings = privacy.scan_outputs(
-            published, forbidden_strings=[*forbidden, key], min_cell=min_cell)
-        result.findings += privacy.scan_outputs(
-            [executed], forbidden_strings=forbidden, min_cell=min_cell)
+        def gate(files: list[Path]) -> list[privacy.Finding]:
+            return scan_for_publication(
+                files, forbidden_strings=forbidden_for_report(forbidden, site_id, key),
+                min_cell=min_cell, executed_notebook=executed)
+
+        try:
+            execute_notebook(NOTEBOOKS[kind], params, executed, cwd=work, kernel_name=kernel_name,
+                             timeout=timeout)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RenderWarning)
+                staged = stage_outputs(executed, work / "stage", formats=fmts, renderer=used, name=name)
+            result.warnings += [str(w.message) for w in caught if issubclass(w.category, RenderWarning)]
+            publish_dir = confined_path(run_dir, PUBLISH_DIRNAME)
+            finals = publish([(src, confined_path(publish_dir, f"{name}{SUFFIX[fmt]}"))
+                              for fmt, src in staged.items()], scan=gate if scan else None)
+            result.outputs = dict(zip(staged, finals))
+            shutil.rmtree(work / "stage", ignore_errors=True)
+        except UnsafeOutputError as exc:
+            result.findings = list(getattr(exc, "findings", []) or [])
+            result.error = f"not published: {exc}"
+            if result.findings:
+                import json
+
+                (work / "scan.json").write_text(json.dumps([f.__dict__ for f in result.findings], indent=1))
+        except Exception as exc:  # noqa: BLE001 - reported in the result, never half-published
+            result.error = f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
     result.seconds = time.perf_counter() - t0
     return result
 
 
 def run_report_command(kind: str, *, site_id: str | None, data: Path | None, out: Path, run: str,
-                       formats: str, min_cell: int, as_of: str | None, json_out: bool) -> ReportResult:
+                       formats: str, min_cell: int, as_of: str | None, json_out: bool,
+                       plan: Path | None = None, wait: float = 0.0) -> ReportResult:
     """CLI body of ``ipso report site SITE_ID`` / ``ipso report collaborative``.
 
-    Exit code 0: rendered and the output scan found nothing; 1: rendering failed or the scan found
-    something (the findings are listed); 2: bad arguments.
+    Exit code 0: rendered, scanned clean and published under ``<out>/<run>/publish/``; 1:
+    rendering failed or the scan refused the report (nothing published; the findings are
+    listed); 2: bad arguments (including a bad ``--plan`` or ``--run``, or a run folder in use).
     """
     import typer
 
@@ -860,6 +1134,7 @@ def run_report_command(kind: str, *, site_id: str | None, data: Path | None, out
         fmts = parse_formats(formats)
         as_of = parse_as_of(as_of)
         parse_min_cell(min_cell)
+        confined_path(out, run)
         if data is not None and not Path(data).is_dir():
             raise ValueError(f"--data {data}: no such directory")
         if kind == "site":
@@ -867,14 +1142,16 @@ def run_report_command(kind: str, *, site_id: str | None, data: Path | None, out
             if site_id not in known:
                 raise ValueError(f"unknown site id {site_id!r}: the data has {len(known)} sites "
                                  f"({', '.join(known[:5])}{', ...' if len(known) > 5 else ''})")
+        plan_parameter(plan)
         resolve_renderer("auto")
     except ValueError as exc:
         raise refuse(exc) from exc
     if not json_out:
         console.print(f"Rendering the {kind} report{' for ' + site_id if site_id else ''} ...")
     try:
-        res = render_report(kind, site_id=site_id, data_dir=data, out_dir=out, run=run, formats=fmts,
-                            min_cell=min_cell, as_of=as_of)
+        with terminate_as_exit():
+            res = render_report(kind, site_id=site_id, data_dir=data, out_dir=out, run=run,
+                                formats=fmts, min_cell=min_cell, as_of=as_of, plan=plan, wait=wait)
     except ValueError as exc:
         raise refuse(exc) from exc
     if json_out:
@@ -888,7 +1165,7 @@ def run_report_command(kind: str, *, site_id: str | None, data: Path | None, out
             console.print(f"  [red]failed:[/red] {res.error}")
             console.print(f"  executed notebook (for diagnosis): {res.executed_notebook}")
         for f in res.findings:
-            console.print(f"  [red]unsafe output:[/red] {f.path}: {f.kind}: {f.detail}")
+            console.print(f"  [red]unsafe output:[/red] {Path(f.path).name}: {f.kind}: {f.detail}")
         if res.ok:
             console.print(f"  done in {res.seconds:.1f} s with {renderer_label(res.renderer)}; "
                           "output scan clean.")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import privacy
 from . import reporting as rp
 
 SHARED_META = "shared_meta.json"
@@ -180,6 +181,7 @@ def _reason(exc: BaseException, run: rp.RunData | None = None) -> str:
         names = [str(x) for x in (*run.sites["site_id"], *run.sites["site_name"])]
         for name in sorted(names, key=len, reverse=True):
             msg = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", "a hospital", msg, flags=re.IGNORECASE)
+        msg = privacy.redact_small_counts(msg, run.min_cell)  # "too few events (4 pre, ...)"
     else:
         msg = ""
     return "The data are not sufficient for this model" + (f" ({msg})." if msg else ".")
@@ -231,13 +233,16 @@ class SvgFigure:
         return self.data
 
 
-def show_figure(fig, caption: str | None = None) -> None:
-    """Display a Matplotlib figure as SVG with real text (so the output scanner reads every chart
-    label; no embedded binary), then its caption, and close it."""
-    from .plotting import figure_svg
+def show_figure(fig, caption: str | None = None, *, from_suppressed_aggregates: bool = False) -> None:
+    """Display a Matplotlib figure, then its caption, and close it. As a PNG (its text in a PNG
+    chunk the output scanner reads) unless every plotted value passed suppression
+    (`from_suppressed_aggregates`): then as marked SVG (:func:`analysis.privacy.publishable_figure`;
+    the scanner refuses unmarked vector figures, whose coordinates give back what was plotted)."""
+    from .privacy import publishable_figure
 
     # tight cropping costs get_tightbbox over every axis: skipped for large small-multiple grids
-    rp.show(SvgFigure(figure_svg(fig, tight=len(fig.axes) <= 12)))
+    rp.show(publishable_figure(fig, from_suppressed_aggregates=from_suppressed_aggregates,
+                               tight=len(fig.axes) <= 12))
     if caption:
         rp.show(rp.Md(f"*{rp.escape_text(caption)}*"))
 

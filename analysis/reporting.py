@@ -210,7 +210,7 @@ def write_site_slices(run: RunData, data_dir: str | Path, shared_dir: str | Path
             excluded_after_as_of=run.excluded_after_as_of,
             run_key="", min_cell=run.min_cell, pseudonyms={}, scope=str(sid),
         )
-        with (d / f"{sid}.pkl").open("wb") as fh:
+        with privacy.confined_path(d, f"{sid}.pkl").open("wb") as fh:  # an id never leaves d
             pickle.dump(part, fh, protocol=pickle.HIGHEST_PROTOCOL)
     (d / _SLICES_META).write_text(json.dumps(_slices_meta(data_dir, as_of, run.settings), sort_keys=True))
     return d
@@ -634,38 +634,65 @@ def missingness_table(episodes: pd.DataFrame, *, min_cell: int = privacy.DEFAULT
     rows = []
     for col, meaning in MISSINGNESS_FIELDS.items():
         miss = int(episodes[col].isna().sum()) if col in episodes else n
-        rows.append({"field": col, "meaning": meaning, "missing": miss,
-                     "pct": 100.0 * miss / n if n else np.nan})
+        rows.append({"field": col, "meaning": meaning, "missing": miss, "recorded": n - miss,
+                     "episodes": n, "pct": 100.0 * miss / n if n else np.nan})
     t = pd.DataFrame(rows)
-    return gt_table(t, ["missing"], derived={"pct": ["missing"]}, sums_published=False,
-                    min_cell=min_cell, title="Missing values of optional fields",
+    # the header publishes the episode count: missing + recorded = episodes is a published sum,
+    # so a small "recorded" (e.g. few deaths) hides "missing" too (hidden helper columns)
+    return gt_table(t, ["missing", "recorded", "episodes"], derived={"pct": ["missing"]},
+                    row_total="episodes", sums_published=False, min_cell=min_cell,
+                    title="Missing values of optional fields",
                     labels={"field": "Field", "meaning": "Missing means", "missing": "Episodes",
-                            "pct": "% of episodes"}, decimals={"pct": 1}, table_id=table_id)
+                            "pct": "% of episodes"}, decimals={"pct": 1},
+                    hide=["recorded", "episodes"], table_id=table_id)
+
+
+#: Fewest hospitals a row of the hospitals table may describe.
+MIN_HOSPITALS_PER_ROW = 3
 
 
 def hospitals_table(run: RunData, *, viewer: str | None = None,
                     table_id: str = "tbl-hospitals") -> ReportTable:
-    """One row per hospital (pseudonyms; the viewer's own hospital by name): wave, episodes before
-    and after go-live (go-live dates are left out: with the wave they could identify a hospital). Ordered by pseudonym, so neither size nor id order shows."""
+    """Hospitals by wave: go-live month(s), number of hospitals, and their episodes before and
+    after go-live, summed over the wave (counts suppressed like every count).
+
+    No row is one hospital, under its name or its pseudonym: a row per hospital (wave, episodes
+    before, episodes after) matches what each hospital's own report says about itself, and so
+    ties every pseudonym of the collaborative report to its hospital (the table-matching attack,
+    :func:`analysis.privacy.pseudonym_links`). A wave of fewer than
+    :data:`MIN_HOSPITALS_PER_ROW` hospitals is pooled with the next (or previous) one, so no row
+    describes one or two hospitals. `viewer` is accepted for compatibility and not used."""
     ep = run.episodes
     per = ep.groupby(["site_id", "post"]).size().unstack(fill_value=0)
+    sites = run.sites.assign(go=pd.to_datetime(run.sites["go_live"]).dt.to_period("M").dt.to_timestamp())
+    waves = sorted(int(w) for w in sites["wave"].unique())
+    groups: list[list[int]] = []
+    for w in waves:
+        if groups and (sites["wave"].isin(groups[-1]).sum() < MIN_HOSPITALS_PER_ROW):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    if len(groups) > 1 and sites["wave"].isin(groups[-1]).sum() < MIN_HOSPITALS_PER_ROW:
+        last = groups.pop()
+        groups[-1] += last
     rows = []
-    for s in run.sites.itertuples():
+    for g in groups:
+        members = sites[sites["wave"].isin(g)]
+        ids = members["site_id"]
+        first, last = members["go"].min(), members["go"].max()
         rows.append({
-            "hospital": run.label(s.site_id, viewer=viewer),
-            "wave": int(s.wave),
-            "n_pre": int(per.loc[s.site_id, False]) if s.site_id in per.index and False in per else 0,
-            "n_post": int(per.loc[s.site_id, True]) if s.site_id in per.index and True in per else 0,
+            "wave": str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}",
+            "go_live": month_label(first) if first == last else f"{month_label(first)} to {month_label(last)}",
+            "hospitals": len(members),
+            "n_pre": int(per.reindex(ids).get(False, pd.Series(dtype=int)).fillna(0).sum()),
+            "n_post": int(per.reindex(ids).get(True, pd.Series(dtype=int)).fillna(0).sum()),
         })
     t = pd.DataFrame(rows)
-    # pseudonym order (A, B, ..., Z, AA); the viewer's own hospital first
-    t["_key"] = [(0, 0, "") if viewer is not None and h == run.site_name(viewer) else
-                 (1, len(h), h) for h in t["hospital"]]
-    t = t.sort_values("_key").drop(columns="_key").reset_index(drop=True)
     return gt_table(t, ["n_pre", "n_post"], min_cell=run.min_cell, sums_published=True,
-                    title="Hospitals", labels={"hospital": "Hospital", "wave": "Wave",
-                                               "n_pre": "Episodes before",
-                                               "n_post": "Episodes after"}, table_id=table_id)
+                    title="Hospitals by wave",
+                    labels={"wave": "Wave", "go_live": "Go-live", "hospitals": "Hospitals",
+                            "n_pre": "Episodes before go-live", "n_post": "Episodes after go-live"},
+                    decimals={"hospitals": 0}, table_id=table_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,6 +798,10 @@ def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key:
     (working space of the batch run, never published). Notebooks given ``shared_dir`` reuse them
     when they were computed from the same data and cut-off (``parameters["as_of"]``, the batch's
     notebook parameter); see :class:`analysis.report_sections.SharedFits`."""
+    import inspect
+
     from .report_sections import compute_shared as _compute
 
-    _compute(data_dir, shared_dir, run_key, as_of=(parameters or {}).get("as_of"))
+    params = dict(parameters or {})
+    extra = {"plan": params["plan"]} if params.get("plan") and "plan" in inspect.signature(_compute).parameters else {}
+    _compute(data_dir, shared_dir, run_key, as_of=params.get("as_of"), **extra)

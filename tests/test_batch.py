@@ -65,6 +65,21 @@ def write_data(path: Path, sites=("S01", "S02", "S03"), empty=(), seed=1) -> Pat
     return path
 
 
+def write_extract(path: Path, sites=("S01", "S02"), empty=(), seed=1) -> Path:
+    """A small valid contract extract (simulated) whose episodes also carry the test notebooks'
+    columns (month, value, kept as extra columns); `empty` sites keep their sites row only."""
+    from analysis.simulate import simulate_collaborative
+
+    simulate_collaborative(sites=len(sites), months=12, episodes_per_site_month=3, seed=seed).write(path)
+    ep = pd.read_parquet(path / "episodes.parquet")
+    ep = ep[~ep["site_id"].isin(empty)].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    ep["month"] = np.arange(len(ep)) % 12
+    ep["value"] = rng.normal(size=len(ep)).round(6)
+    ep.to_parquet(path / "episodes.parquet", index=False)
+    return path
+
+
 def run(data, out, **kw):
     kw.setdefault("jobs", 2)
     kw.setdefault("site_notebook", SITE_NB)
@@ -72,6 +87,7 @@ def run(data, out, **kw):
     kw.setdefault("show_progress", False)
     kw.setdefault("compute_shared", None)
     kw.setdefault("kernel_preload", PRELOAD)
+    kw.setdefault("validate", False)  # the tiny test extract is not a contract extract
     return render_batch(data, out, **kw)
 
 
@@ -202,18 +218,19 @@ def test_batch_renders_everything_then_no_change_run_starts_nothing(tmp_path, st
     assert res.ok, res.summary()
     assert statuses(res) == {"collaborative": "ok", "site-S01": "ok", "site-S02": "ok", "site-S03": "ok"}
     assert res.shared_status == "computed" and len(calls) == 1  # once per run, not per report
+    pub = out / "publish"
     for s in ("S01", "S02", "S03"):
-        page = (out / "sites" / f"{s}.html").read_text()
+        page = (pub / "sites" / f"{s}.html").read_text()
         assert f"Hospital {s}:" in page  # the site's own printed summary
-        assert "Peer sites in shared artefacts: 3" in page  # read from <run>/_shared
+        assert "Peer sites in shared artefacts: 3" in page  # read from <run>/internal/shared
         assert "data:image/png;base64" in page  # the seaborn figure, embedded
         assert "read_table(" not in page  # code hidden
         assert not any(f"Hospital {o}:" in page for o in {"S01", "S02", "S03"} - {s})
     # per-report isolated work folders, each with its own figure and executed notebook
     for rid in ("site-S01", "site-S02", "site-S03", "collaborative"):
-        assert (out / "_work" / rid / "figure.png").is_file()
-        assert (out / "_work" / rid / f"{rid}.ipynb").is_file()
-    manifest = json.loads((out / "manifest.json").read_text())
+        assert (out / "internal" / "work" / rid / "figure.png").is_file()
+        assert (out / "internal" / "work" / rid / f"{rid}.ipynb").is_file()
+    manifest = json.loads((pub / "manifest.json").read_text())
     assert manifest["summary"] == {"selected": 4, "rendered": 4, "up_to_date": 0, "failed": 0}
     assert manifest["versions"]["pandas"] == pd.__version__
     assert {"commit", "dirty"} <= set(manifest["git"])
@@ -222,9 +239,10 @@ def test_batch_renders_everything_then_no_change_run_starts_nothing(tmp_path, st
     assert set(manifest["reports"]) == {"collaborative", "site-S01", "site-S02", "site-S03"}
     for entry in manifest["reports"].values():
         assert entry["status"] == "ok" and entry["seconds"] > 0 and entry["key"]
-    index = (out / "index.html").read_text()
+    index = (pub / "index.html").read_text()
     for rel in ("sites/S01.html", "sites/S02.html", "sites/S03.html", "collaborative.html"):
         assert f'href="{rel}"' in index
+        assert f'href="../publish/{rel}"' in (out / "internal" / "index.html").read_text()
 
     # Nothing changed: no worker, no kernel, no shared refit, a few seconds at most.
     def no_workers(*a, **k):
@@ -249,8 +267,12 @@ def test_incremental_failure_isolation_and_retry_failed(tmp_path, stable_code, p
     assert "no episodes for site S03" in failed.error
     kept = out / failed.executed_notebook
     assert kept.is_file() and "AssertionError" in kept.read_text()  # kept for debugging
-    assert not (out / "sites" / "S03.html").exists()
-    assert "failed" in (out / "index.html").read_text()
+    assert not (out / "publish" / "sites" / "S03.html").exists()
+    assert "failed" in (out / "publish" / "index.html").read_text()
+    # the public index says it failed, but neither links nor quotes the executed notebook
+    assert ".ipynb" not in (out / "publish" / "index.html").read_text()
+    assert "no episodes for site S03" not in (out / "publish" / "index.html").read_text()
+    assert f'href="work/site-S03/site-S03.ipynb"' in (out / "internal" / "index.html").read_text()
 
     # Change only S02's rows, and give S03 data: --retry-failed renders S03 alone (S02 is stale
     # but left alone), a normal run then picks up S02 only.
@@ -258,14 +280,14 @@ def test_incremental_failure_isolation_and_retry_failed(tmp_path, stable_code, p
     ep.loc[ep.site_id == "S02", "value"] += 10
     extra = pd.DataFrame({"site_id": "S03", "month": range(12), "value": 1.0})
     pd.concat([ep, extra]).to_csv(d / "episodes.csv", index=False)
-    s01_mtime = (out / "sites" / "S01.html").stat().st_mtime_ns
+    s01_mtime = (out / "publish" / "sites" / "S01.html").stat().st_mtime_ns
     retry = run(d, out, collaborative=False, retry_failed=True, pool=pool)
     assert statuses(retry) == {"site-S01": "up-to-date", "site-S02": "skipped", "site-S03": "ok"}
-    assert (out / "sites" / "S03.html").is_file()
+    assert (out / "publish" / "sites" / "S03.html").is_file()
     normal = run(d, out, collaborative=False, pool=pool)
     assert statuses(normal) == {"site-S01": "up-to-date", "site-S02": "ok", "site-S03": "up-to-date"}
-    assert (out / "sites" / "S01.html").stat().st_mtime_ns == s01_mtime  # never rewritten
-    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "publish" / "sites" / "S01.html").stat().st_mtime_ns == s01_mtime  # never rewritten
+    manifest = json.loads((out / "publish" / "manifest.json").read_text())
     assert set(manifest["reports"]) == {"site-S01", "site-S02", "site-S03"}
 
 
@@ -280,17 +302,17 @@ def test_worker_killed_after_temp_write_leaves_no_final_file_and_next_run_repair
     assert res.renderer == renderer
     assert statuses(res) == {"site-S01": "ok", "site-S02": "failed", "site-S03": "ok"}
     assert "worker process died" in res.failed[0].error  # the others finished regardless
-    assert not (out / "sites" / "S02.html").exists()
-    assert not [p for p in (out / "sites").iterdir() if p.name.startswith(".")]  # temp removed
-    old_s01 = (out / "sites" / "S01.html").read_bytes()
+    assert not (out / "publish" / "sites" / "S02.html").exists()
+    assert not [p for p in (out / "publish" / "sites").iterdir() if p.name.startswith(".")]  # temp removed
+    old_s01 = (out / "publish" / "sites" / "S01.html").read_bytes()
     monkeypatch.setenv(batch.FAULT_ENV, "raise-after-temp:site-S01")
     res = run(d, out, collaborative=False, force=True, sites="S01", pool=pool, renderer=renderer)
     assert statuses(res) == {"site-S01": "failed"} and "injected fault" in res.failed[0].error
-    assert (out / "sites" / "S01.html").read_bytes() == old_s01  # previous complete report intact
+    assert (out / "publish" / "sites" / "S01.html").read_bytes() == old_s01  # previous complete report intact
     monkeypatch.delenv(batch.FAULT_ENV)
     fixed = run(d, out, collaborative=False, pool=pool, renderer=renderer)
     assert statuses(fixed) == {"site-S01": "ok", "site-S02": "ok", "site-S03": "up-to-date"}
-    assert (out / "sites" / "S02.html").is_file()
+    assert (out / "publish" / "sites" / "S02.html").is_file()
 
 
 @RENDERERS
@@ -301,7 +323,7 @@ def test_run_killed_mid_publish_leaves_no_finished_looking_report(tmp_path, pool
     code = (
         "from analysis.batch import render_batch\n"
         f"render_batch({str(d)!r}, {str(out)!r}, jobs=1, collaborative=False, show_progress=False,"
-        f" compute_shared=None, site_notebook={str(SITE_NB)!r}, kernel_preload={PRELOAD!r},"
+        f" compute_shared=None, validate=False, site_notebook={str(SITE_NB)!r}, kernel_preload={PRELOAD!r},"
         f" renderer={renderer!r})\n"
     )
     env = dict(os.environ, **{batch.FAULT_ENV: "hang-after-temp:site-S01"})
@@ -311,16 +333,16 @@ def test_run_killed_mid_publish_leaves_no_finished_looking_report(tmp_path, pool
         temp = []
         while time.time() < deadline and not temp and proc.poll() is None:
             time.sleep(0.2)
-            temp = list((out / "sites").glob(".S01.html.tmp-*")) if (out / "sites").is_dir() else []
+            temp = list((out / "publish" / "sites").glob(".S01.html.tmp-*")) if (out / "publish" / "sites").is_dir() else []
         assert temp, "the run never reached the publish step"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    assert not (out / "sites" / "S01.html").exists()  # only a hidden temp file: not a report
+    assert not (out / "publish" / "sites" / "S01.html").exists()  # only a hidden temp file: not a report
     fixed = run(d, out, collaborative=False, pool=pool, renderer=renderer)
     assert statuses(fixed) == {"site-S01": "ok"}
-    assert (out / "sites" / "S01.html").is_file()
-    assert not list((out / "sites").glob(".*"))  # the stale temp was cleaned
+    assert (out / "publish" / "sites" / "S01.html").is_file()
+    assert not list((out / "publish" / "sites").glob(".*"))  # the stale temp was cleaned
 
 
 def test_dask_executor_gives_identical_outputs(tmp_path, stable_code, pool):
@@ -330,8 +352,8 @@ def test_dask_executor_gives_identical_outputs(tmp_path, stable_code, pool):
     dask = run(d, tmp_path / "dask", collaborative=False, executor="dask", dask_processes=False, jobs=1)
     assert local.ok and dask.ok, dask.summary()
     for s in ("S01", "S02"):
-        a = (tmp_path / "local" / "sites" / f"{s}.html").read_bytes()
-        b = (tmp_path / "dask" / "sites" / f"{s}.html").read_bytes()
+        a = (tmp_path / "local" / "publish" / "sites" / f"{s}.html").read_bytes()
+        b = (tmp_path / "dask" / "publish" / "sites" / f"{s}.html").read_bytes()
         assert a == b
     assert {r.report_id: r.key for r in local.reports} == {r.report_id: r.key for r in dask.reports}
     assert batch._KERNELS == {}  # the cluster's kernels were shut down
@@ -378,7 +400,7 @@ def test_shared_hook_gets_the_run_parameters_when_it_takes_them(tmp_path):
 
 
 def test_cli_render_json_and_exit_status(tmp_path):
-    d = write_data(tmp_path / "d", sites=("S01", "S02"), empty=("S02",))
+    d = write_extract(tmp_path / "d", sites=("S01", "S02"), empty=("S02",))
     out = tmp_path / "run"
     cmd = [str(BIN / "ipso"), "render", "--data", str(d), "--out", str(out), "--jobs", "1",
            "--no-collaborative", "--json", "--site-notebook", str(SITE_NB)]
@@ -415,7 +437,7 @@ def test_chunks_are_guided_grouped_by_notebook_and_retried_alone():
 # ---------------------------------------------------------------------------------------------
 # Quarto
 def html_of(out, rel):
-    return (out / rel).read_text(encoding="utf-8")
+    return (out / "publish" / rel).read_text(encoding="utf-8")
 
 
 @pytest.mark.quarto
@@ -428,10 +450,10 @@ def test_quarto_batch_records_version_time_and_links_only_produced_formats(tmp_p
     res = run(d, out, renderer="quarto", pool=pool)
     assert res.ok and res.renderer == "quarto", res.summary()
     version = render.quarto_version()
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "internal" / "manifest.json").read_text())
     assert manifest["renderer"] == {"name": "quarto", "version": version}
     assert manifest["versions"]["quarto"] == version
-    assert f"quarto {version}" in (out / "index.html").read_text()
+    assert f"quarto {version}" in (out / "publish" / "index.html").read_text()
     for rid, entry in manifest["reports"].items():
         # the Quarto step is part of each report's time
         assert entry["export_seconds"] > 0 and entry["execute_seconds"] > 0
@@ -444,14 +466,14 @@ def test_quarto_batch_records_version_time_and_links_only_produced_formats(tmp_p
         assert 'content="ipso-analysis via quarto"' in page  # reports/_quarto.yml was applied
         assert ".pdf" not in page and "Other Formats" not in page  # no PDF made: no link to one
         assert render.external_references(page) == []
-    assert not list((out / "_work" / "_quarto").iterdir())  # staging removed after publishing
+    assert not list((out / "internal" / "quarto").iterdir())  # staging removed after publishing
 
     both = run(d, out, renderer="quarto", pool=pool, formats="html,pdf", sites="S01")
     assert both.ok, both.summary()
     for html_rel, pdf in (("sites/S01.html", "S01.pdf"), ("collaborative.html", "collaborative.pdf")):
         page = html_of(out, html_rel)
         assert re.findall(r'href="([^"]+\.pdf)"', page) == [pdf]  # the published name, beside it
-        assert (out / html_rel).with_name(pdf).read_bytes()[:5] == b"%PDF-"
+        assert (out / "publish" / html_rel).with_name(pdf).read_bytes()[:5] == b"%PDF-"
 
 
 def failing_in_quarto_notebook(tmp_path: Path, bad_site: str) -> Path:
@@ -477,9 +499,9 @@ def test_quarto_failure_of_one_report_does_not_stop_the_others(tmp_path, stable_
     assert statuses(res) == {f"site-S0{i}": "failed" if i == 2 else "ok" for i in range(1, 9)}
     err = res.failed[0].error
     assert err.startswith("Quarto:") and "YAML" in err  # Quarto's own message, in the manifest
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "internal" / "manifest.json").read_text())
     assert "YAML" in manifest["reports"]["site-S02"]["error"]
-    assert not (out / "sites" / "S02.html").exists()
+    assert not (out / "publish" / "sites" / "S02.html").exists()
     for s in ("S01", "S03", "S08"):
         assert f"Hospital {s}:" in html_of(out, f"sites/{s}.html")
 
@@ -494,5 +516,5 @@ def test_quarto_worker_dying_mid_chunk_fails_only_the_report_it_died_on(tmp_path
     res = run(d, out, renderer="quarto", jobs=1, collaborative=False)
     assert statuses(res) == {"site-S01": "failed", "site-S02": "ok", "site-S03": "ok", "site-S04": "ok"}
     assert "worker process died" in res.failed[0].error
-    assert not (out / "sites" / "S01.html").exists()
-    assert not [p for p in (out / "sites").iterdir() if p.name.startswith(".")]
+    assert not (out / "publish" / "sites" / "S01.html").exists()
+    assert not [p for p in (out / "publish" / "sites").iterdir() if p.name.startswith(".")]

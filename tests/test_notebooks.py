@@ -12,7 +12,7 @@ import pytest
 # the parameterised report notebooks (exploration notebooks NN-*.ipynb have their own tests)
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*_report.ipynb"))
 EXPECTED_PARAMETERS = {"site_id", "data_dir", "as_of", "min_cell", "run_key", "shared_dir",
-                       "renderer", "formats"}
+                       "renderer", "formats", "plan"}
 
 
 def test_report_notebooks_exist():

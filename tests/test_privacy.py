@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
@@ -125,8 +125,11 @@ def test_two_way_table_with_margins_no_cell_recoverable():
     assert r.n_complementary >= 2
 
 
-@settings(max_examples=40, deadline=None)
+# derandomize: the same examples on every run (CI never fails at random); bounded in number.
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(st.lists(st.lists(st.integers(0, 40), min_size=3, max_size=3), min_size=2, max_size=4))
+# found by hypothesis: a row sum and the grand total together pinned the hidden 1 in the last row
+@example(rows=[[0, 2, 9], [2, 0, 0], [9, 0, 1]])
 def test_two_way_property_no_exact_recovery(rows):
     body = pd.DataFrame(rows, columns=["a", "b", "c"])
     body["Total"] = body.sum(axis=1)
@@ -235,8 +238,13 @@ def test_scan_finds_names_ids_timestamps_and_small_counts(tmp_path):
     assert ("small_count", "r.html") in kinds
     assert ("forbidden_string", "r.ipynb") in kinds
     assert ("identifier_column", "x.csv") in kinds
+    # what a finding says is safe to show wherever the failure is listed: never the value found
     details = " ".join(x.detail for x in f)
-    assert "e000123" in details.lower() and "count 7" in details
+    assert "e000123" not in details.lower() and "S017" not in details and "7" not in details
+    assert "Mary" not in details
+    # the excerpt (internal diagnosis) masks the value it is about
+    assert all("[...]" in x.excerpt and "e000123" not in x.excerpt.lower()
+               for x in f if x.kind == "forbidden_string")
 
 
 def test_scan_clean_output_and_word_boundaries(tmp_path):
@@ -245,3 +253,173 @@ def test_scan_clean_output_and_word_boundaries(tmp_path):
     html = privacy.mark_count_table(r.display.to_html(index=False), [1], min_cell=11)
     (tmp_path / "ok.html").write_text(f"<p>Site S10, data as of 2021-03-04</p>{html}")
     assert scan_outputs([tmp_path], forbidden_strings=["S1", "12"]) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the attacks of issue 14, each planted and caught
+def _page(tmp_path, body: str, name: str = "r.html"):
+    path = tmp_path / name
+    path.write_text(f"<html><body>{body}</body></html>")
+    return path
+
+
+def kinds_of(findings):
+    return sorted({f.kind for f in findings})
+
+
+def test_small_counts_in_running_text_are_caught(tmp_path):
+    leak = _page(tmp_path, "<p>Mortality: not estimable: too few events (4 pre, 7 post; need &gt;= 10).</p>"
+                           "<p>1 death in 5 episodes in March 2019.</p><p>n = 7</p>")
+    f = scan_outputs([leak], checks=("text_counts",))
+    assert {x.detail.split(" from")[0] for x in f} == {
+        f"running text states a count of {n}" for n in ("pre", "post", "death", "episodes", "n")}
+    clean = _page(tmp_path, "<p>12 months after go-live; 3 hospitals had too few deaths or months; "
+                            "95% CI 0.61 to 0.93; Counts from 1 to 10 are not shown; discharge p = 0.364;"
+                            " wave 1; 0 post; Sepsis episodes: 1,695; 6-month transition.</p>", "ok.html")
+    assert scan_outputs([clean]) == []
+    assert privacy.redact_small_counts("too few events (4 pre, 0 post)") == \
+        "too few events (fewer than 11 pre, 0 post)"
+
+
+def test_subtraction_of_nested_counts_is_caught(tmp_path):
+    """'Sepsis episodes: 45' next to '44 episodes with no death time' gives 1 death."""
+    text = _page(tmp_path, "<ul><li><strong>Sepsis episodes:</strong> 45</li></ul>"
+                           "<p>44 episodes with no death time.</p>")
+    assert kinds_of(scan_outputs([text])) == ["subtraction"]
+    table = privacy.mark_count_table(
+        pd.DataFrame({"Field": ["death_time"], "Episodes": [44]}).to_html(index=False), [1], min_cell=11)
+    in_table = _page(tmp_path, f"<p>Sepsis episodes: 45</p>{table}", "t.html")
+    f = scan_outputs([in_table])
+    assert kinds_of(f) == ["subtraction"] and "count table 1" in f[0].detail
+    far = _page(tmp_path, f"<p>Sepsis episodes: 60</p>{table}", "far.html")  # 16 apart: fine
+    assert scan_outputs([far]) == []
+
+
+def _svg(values, kind="bar", marked=False):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.plotting import figure_svg, set_theme
+
+    set_theme()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    if kind == "bar":
+        ax.bar([str(i) for i in range(len(values))], values)
+    else:
+        ax.plot(range(len(values)), values, marker="o")
+    svg = figure_svg(fig)
+    return privacy.mark_figure_svg(svg) if marked else svg
+
+
+def test_vector_figures_must_be_marked_and_give_back_no_counts(tmp_path):
+    import base64
+
+    deaths = [1, 0, 3, 5, 2, 8, 12]  # monthly deaths: exact coordinates give them back
+    unmarked = _svg(deaths, "line")
+    b64 = base64.b64encode(unmarked.encode()).decode()
+    page = _page(tmp_path, f'<img src="data:image/svg+xml;base64,{b64}"><div>{unmarked}</div>')
+    f = scan_outputs([page])
+    assert kinds_of(f) == ["figure_counts", "unmarked_figure"]
+    assert sum(x.kind == "unmarked_figure" for x in f) == 2  # the <img> and the inline <svg>
+    # a marked figure whose coordinates, with its y-axis ticks, give back counts 1-10 is caught too
+    (tmp_path / "bars.svg").write_text(_svg(deaths, "bar", marked=True))
+    assert kinds_of(scan_outputs([tmp_path / "bars.svg"])) == ["figure_counts"]
+    # a marked figure of rates passes; so does a raster figure
+    (tmp_path / "rates.svg").write_text(_svg([0.12, 0.35, 0.5, 0.27], "line", marked=True))
+    assert scan_outputs([tmp_path / "rates.svg"]) == []
+    assert privacy.figure_count_series(_svg([0.12, 0.35, 2.5], "bar")) == []
+
+
+def test_raster_figures_pass_but_their_text_is_scanned(tmp_path):
+    import base64
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [3, 1, 2])
+    ax.set_title("Copperfield Bluff Hospital for Children")
+    fig_obj = privacy.publishable_figure(fig)
+    assert isinstance(fig_obj, privacy.RasterFigure)
+    assert "Copperfield Bluff" in privacy.png_text(fig_obj.png)[privacy.PNG_TEXT_KEY]
+    b64 = base64.b64encode(fig_obj.png).decode()
+    page = _page(tmp_path, f'<img src="data:image/png;base64,{b64}">')
+    assert scan_outputs([page]) == []
+    assert kinds_of(scan_outputs([page], forbidden_strings=["Copperfield Bluff Hospital for Children"])) \
+        == ["forbidden_string"]
+    marked = privacy.publishable_figure(plt.subplots()[0], from_suppressed_aggregates=True)
+    assert privacy.FIGURE_ATTR in marked.svg[:300]
+
+
+def test_pdf_text_json_and_csv_are_scanned(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    fig.text(0.1, 0.5, "St Mary Hospital: too few events (4 pre, 7 post)")
+    fig.savefig(tmp_path / "r.pdf")
+    plt.close(fig)
+    f = scan_outputs([tmp_path / "r.pdf"], forbidden_strings=["St Mary Hospital"])
+    assert kinds_of(f) == ["forbidden_string", "text_count"]
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.4 truncated")
+    assert kinds_of(scan_outputs([tmp_path / "bad.pdf"])) == ["unreadable"]  # never passes unread
+    (tmp_path / "m.json").write_text(json.dumps({"reports": {"a": {"deaths": 3, "seconds": 4.2}},
+                                                 "summary": {"failed": 1}}))
+    assert kinds_of(scan_outputs([tmp_path / "m.json"])) == ["small_count"]
+    (tmp_path / "t.csv").write_text("month,events\n2019-01,4\n2019-02,25\n")
+    assert kinds_of(scan_outputs([tmp_path / "t.csv"])) == ["small_count"]
+
+
+def test_describe_findings_never_repeats_a_value(tmp_path):
+    page = _page(tmp_path, "<p>Episode E000123 at 2021-03-04 10:15: 4 pre, 7 post</p>")
+    f = scan_outputs([page], forbidden_strings=["E000123"])
+    reason = privacy.describe_findings(f)
+    assert reason.startswith("failed the output scan (r.html)")
+    for value in ("E000123", "2021-03-04", "10:15", " 4 ", " 7 "):
+        assert value not in reason and all(value not in x.detail for x in f)
+
+
+def test_table_matching_attack_links_pseudonyms_to_exact_rows(tmp_path):
+    """The attack of issue 14: (wave, episodes before, episodes after) per pseudonym in the
+    collaborative report against what each site report says about itself."""
+    sites = {"S01": (1, 432, 1263), "S02": (1, 510, 1190), "S03": (2, 432, 980)}
+    pages = {}
+    for s, (w, pre, post) in sites.items():
+        pages[s] = _page(tmp_path, f"<ul><li>Sepsis episodes: {pre + post:,}</li><li>IPSO go-live: "
+                                   f"January 2018 (wave {w})</li></ul><table><thead><tr><th>Characteristic"
+                                   f"</th><th>Before: n</th><th>After: n</th></tr></thead><tbody><tr>"
+                                   f"<td>Episodes</td><td>{pre}</td><td>{post:,}</td></tr></tbody></table>",
+                         f"{s}.html")
+    rows = [("Hospital B", 1, 432, "1,263"), ("Hospital A", 1, 510, "1,190"), ("Hospital C", 2, 432, 980)]
+    exact = pd.DataFrame(rows, columns=["Hospital", "Wave", "Episodes before", "Episodes after"])
+    coll = _page(tmp_path, exact.to_html(index=False), "coll.html")
+    assert privacy.pseudonym_links(coll, pages) == {"Hospital B": "S01", "Hospital A": "S02",
+                                                     "Hospital C": "S03"}
+    banded = exact.assign(**{"Episodes before": "100-499", "Episodes after": "500-1,999"})
+    banded.loc[1, "Episodes before"] = "500-999"
+    coll_b = _page(tmp_path, banded.to_html(index=False), "coll_b.html")
+    # bands do not save a hospital alone in its (wave, band, band) cell
+    assert privacy.pseudonym_links(coll_b, pages) == {"Hospital A": "S02", "Hospital B": "S01",
+                                                       "Hospital C": "S03"}
+    by_wave = _page(tmp_path, pd.DataFrame({"Wave": [1, 2], "Hospitals": [2, 1]}).to_html(index=False),
+                    "coll_w.html")
+    assert privacy.pseudonym_links(by_wave, pages) == {}
+
+
+def test_confined_path_refuses_what_would_leave_the_folder(tmp_path):
+    root = tmp_path / "run"
+    assert privacy.confined_path(root, "publish", "S01.html") == (root / "publish" / "S01.html").resolve()
+    for bad in ("../../../x", "..", "/etc/passwd", "a/b", "a\\b", "", "x\0y"):
+        with pytest.raises(privacy.UnsafePathError):
+            privacy.confined_path(root, bad)
+    (tmp_path / "outside").mkdir()
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(privacy.UnsafePathError, match="outside"):
+        privacy.confined_path(root, "link", "x.html")

@@ -3,6 +3,7 @@ papermill + nbconvert, then scan every output for anything unsafe to publish."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -65,10 +66,15 @@ def test_reports_render_and_scan_clean(rendered):
         assert r.ok and r.outputs["html"].is_file()
         assert r.executed_notebook.is_file()
         assert r.renderer == "nbconvert"
-    # same file names for the same run folder; executed notebooks kept in isolated work folders
+    # same file names for the same run folder, under publish/; executed notebooks kept in isolated
+    # work folders under internal/
     run_dir = rendered["out"] / "r1"
-    assert sorted(p.name for p in run_dir.glob("*.html")) == ["collaborative.html", "site_S03.html"]
+    assert sorted(p.name for p in (run_dir / "publish").glob("*.html")) == [
+        "collaborative.html", "site_S03.html"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".ipso-lock", "internal", "publish"]
     assert rendered["site"].executed_notebook.parent != rendered["coll"].executed_notebook.parent
+    for r in (rendered["site"], rendered["coll"]):
+        assert r.executed_notebook.is_relative_to(run_dir / "internal")
 
 
 def test_pdf_without_quarto_is_a_warning_not_a_crash(rendered):
@@ -88,13 +94,19 @@ def test_independent_scan_of_every_output(rendered, small_data):
     for key, own in (("site", TINY), ("coll", None)):
         r = rendered[key]
         forbidden = [s for s in names if s != own] + [n for s, n in names.items() if s != own]
-        files = [*r.outputs.values(), r.executed_notebook]
-        assert privacy.scan_outputs(files, forbidden_strings=forbidden + ids_ep + ids_q) == []
+        assert privacy.scan_outputs(list(r.outputs.values()), forbidden_strings=forbidden + ids_ep + ids_q) == []
+        # the executed notebook stays internal, but holds no identifier or peer name either
+        assert privacy.scan_outputs([r.executed_notebook], forbidden_strings=forbidden + ids_ep + ids_q,
+                                    checks=("strings", "timestamps")) == []
     html = _text(rendered["site"].outputs["html"])
     assert names[TINY] in html or names[TINY].replace("'", "&#x27;") in html  # own name shown
     coll = _text(rendered["coll"].outputs["html"])
     assert all(n.replace("'", "&#x27;") not in coll and n not in coll for n in names.values())
-    assert "Hospital A" in coll and "Hospital D" in coll
+    # peers appear under pseudonyms only, in the figures (raster: their text is in PNG chunks)
+    figure_text = " ".join(
+        t for m in re.finditer(r"data:image/png;base64,([A-Za-z0-9+/=]+)", coll)
+        for t in privacy.png_text(base64.b64decode(m.group(1))).values())
+    assert "Hospital A" in figure_text and "Hospital D" in figure_text
 
 
 def test_code_hidden_and_footer_states_renderer(rendered):
@@ -103,7 +115,7 @@ def test_code_hidden_and_footer_states_renderer(rendered):
                                                              "", html, flags=re.DOTALL)
     assert "by nbconvert" in html and "SHA-256" in html and "ipso-analysis" in html
     # the run key (pseudonym secret) is never published
-    key = (rendered["out"] / "r1" / "_work" / "run_key").read_text().strip()
+    key = (rendered["out"] / "r1" / "internal" / "run_key").read_text().strip()
     assert key not in html
     nb = nbformat.read(rendered["site"].executed_notebook, as_version=4)
     assert "start_time" not in json.dumps(nb.metadata)  # exact times stripped from the audit copy
@@ -169,7 +181,7 @@ def quarto_rendered(small_data, tmp_path_factory):
                          renderer="quarto", show_progress=False)
     return {"single": single, "batch": batch,
             "pages": {"ipso report": _text(single.outputs["html"]),
-                      "ipso render": _text(out / "batch" / "sites" / f"{TINY}.html")}}
+                      "ipso render": _text(out / "batch" / "publish" / "sites" / f"{TINY}.html")}}
 
 
 @pytest.mark.quarto

@@ -78,15 +78,44 @@ def test_table_one_counts_match_data_and_small_cells_hidden(run):
         assert hidden.sum() != 1, var
 
 
-def test_hospitals_table_uses_pseudonyms_in_keyed_order(run):
+def test_hospitals_table_is_by_wave_and_names_no_hospital(run):
+    """A row per hospital (wave, episodes before, episodes after) is what the table-matching
+    attack joins to each site report: the table has one row per wave (at least 3 hospitals per
+    row), no pseudonym, no name."""
     t = reporting.hospitals_table(run)
-    assert list(t.display["Hospital"]) == sorted(run.pseudonyms.values(), key=lambda s: (len(s), s))
+    d = t.display
+    assert list(d.columns) == ["Wave", "Go-live", "Hospitals", "Episodes before go-live",
+                               "Episodes after go-live"]
     html = t._repr_html_()
-    for name in run.sites["site_name"]:
+    for s, name in zip(run.sites["site_id"], run.sites["site_name"]):
         assert name not in html and name.replace("'", "&#x27;") not in html
-    own = run.sites["site_id"].iloc[2]
-    t2 = reporting.hospitals_table(run, viewer=own)
-    assert t2.display["Hospital"].iloc[0] == run.site_name(own)
+    for label in run.pseudonyms.values():
+        assert label not in html
+    assert pd.to_numeric(d["Hospitals"]).sum() == len(run.sites)
+    assert (pd.to_numeric(d["Hospitals"]) >= reporting.MIN_HOSPITALS_PER_ROW).all()
+    shown = pd.to_numeric(d["Episodes before go-live"].str.replace(",", ""), errors="coerce")
+    if shown.notna().all():  # nothing suppressed: the rows add up to the episodes before go-live
+        assert shown.sum() == int((~run.episodes["post"]).sum())
+
+
+def test_hospitals_table_pools_waves_of_fewer_than_three_hospitals(run):
+    sites = run.sites.copy()
+    sites["wave"] = [1, 2, 2, 2, 3][: len(sites)]
+    t = reporting.hospitals_table(reporting.RunData(**{**run.__dict__, "sites": sites}))
+    assert list(t.display["Wave"]) == ["1 to 2", "3"] or list(t.display["Wave"]) == ["1 to 3"]
+    assert (pd.to_numeric(t.display["Hospitals"]) >= 3).all()
+
+
+def test_missingness_table_hides_a_small_complement(run):
+    """'44 episodes with no death time' next to 'Sepsis episodes: 45' gives 1 death: a missing
+    count whose complement (recorded) is small is hidden too."""
+    ep = run.episodes.head(45).copy()
+    ep["death_time"] = pd.NaT
+    ep.loc[ep.index[0], "death_time"] = ep["time_zero"].iloc[0]
+    t = reporting.missingness_table(ep)
+    row = t.display.set_index("Field").loc["death_time"]
+    assert row["Episodes"] == "suppressed" and row["% of episodes"] == "suppressed"
+    assert list(t.display.columns) == ["Field", "Missing means", "Episodes", "% of episodes"]
 
 
 def test_gt_table_marks_count_columns_for_the_scanner(tmp_path):
