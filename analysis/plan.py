@@ -751,7 +751,8 @@ def _mortality(window: int) -> list[Estimand]:
                 Specification("site_eb", "primary", "site_eb", covariance="model",
                               seasonality=1, params=dict(SITE_EB)),
                 _site("site_its", "sensitivity", "this hospital's own series only (no borrowing "
-                      "from other hospitals): noisier, shown for transparency"),
+                      "from other hospitals): noisier, shown for transparency",
+                      params={"paths": window == 30}),
             ]
             if window == 30:
                 specs += [_km(), _funnel()]
@@ -789,8 +790,11 @@ def _simple(eid: str, variable: str, label: str, summary: str, scale: str, unit:
                                   "change who is classed as critical, so critical_sepsis is dropped "
                                   "from the case mix", casemix=_NO_CRITICAL, **model))
         else:
+            # the hospital's ITS figure (recognition, hospital days) is drawn from its paths
+            paths = {"params": {"paths": True}} if eid in ("recognition", "hospital_days") else {}
             specs = [_site("site_its", standardisation=standardisation,
-                           covariance="hac" if variable == "recognition" else "model", **model)]
+                           covariance="hac" if variable == "recognition" else "model",
+                           **model, **paths)]
         specs += (extra or {}).get(level, [])
         specs.append(_crude(level))
         out.append(Estimand(

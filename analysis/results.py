@@ -55,6 +55,12 @@ Every row belongs to one estimand (``estimand``, ``label``, ``level``), one **sc
 ``summary``
     Crude values by period behind the descriptive before/after ratio (``period`` "before
     go-live" / "after go-live", ``estimate`` in ``unit``).
+``counterfactual``
+    The monthly paths of a hospital's own interrupted time series, for its ITS figure (the
+    ``site_its`` specifications with ``params["paths"]``: 30-day mortality, recognition,
+    hospital days): ``quantity`` "observed", "fitted" or "counterfactual" (with its band, after
+    go-live), ``period`` the month, ``x`` months since go-live, ``estimate`` per unit of exposure
+    (per 1,000 admissions, or observed / expected), ``events`` the observed count.
 
 Other columns (:data:`COLUMNS`): ``secondary_to``, ``scale``, ``unit``, ``per`` (the per-what
 phrase of the wording), ``better`` (lower / higher), ``n`` (episodes, or admissions for
@@ -67,7 +73,7 @@ holds technical detail that is not for publication.
 Privacy. The store is internal (it holds site ids and exact counts). :meth:`ResultsStore.
 publishable` is what may leave the analysis: notes dropped; counts from 1 to ``min_cell - 1``
 suppressed (and a site-level count column of a result when any site's is small, so that none
-can be had by subtraction); the exact interval of a hospital's O/E blanked when its deaths are
+can be had by subtraction); a month's observed value blanked when its count is small; the exact interval of a hospital's O/E blanked when its deaths are
 small (it would reveal them), expected deaths rounded to 5 and O/E to 2 decimals (as the funnel
 plot draws them); curve points kept only where the cumulative events, the episodes without
 the event, and the events since the previous kept point are each 0 or at least ``min_cell``
@@ -115,7 +121,7 @@ COLUMNS: tuple[str, ...] = (
 )
 #: What a row holds (see the module docstring).
 COMPONENTS: tuple[str, ...] = ("effect", "event_time", "pretrend_test", "oe", "curve",
-                               "model_fit", "summary")
+                               "model_fit", "summary", "counterfactual")
 _FLOAT_COLUMNS = ("x", "estimate", "lower", "upper", "se", "p_value", "statistic", "df",
                   "bound_lower", "bound_upper", "n", "events", "n_sites", "extrapolated_share",
                   "alpha")
@@ -504,16 +510,65 @@ def _site_fits(ctx: EstimationContext, est: Estimand, spec: Specification) -> di
             df = fit.diagnostics.df_resid if fam != "poisson" else None
             out[str(site)] = _ratio_estimate(log_est, se, ctx.alpha, spec.interval, df, n=n,
                                              events=events, method=method)
+            paths[str(site)] = fit.counterfactual
         return out
-    return ctx._cached(key, run)
+    paths: dict[str, pd.DataFrame] = {}
+    fits = ctx._cached(key, run)
+    if paths:
+        ctx.cache[("site_paths", *key)] = paths
+    return fits
+
+
+def _path_rows(ctx: EstimationContext, est: Estimand, spec: Specification, site: str,
+               method: str) -> list[Estimate]:
+    """The monthly paths of a hospital's own ITS (component ``counterfactual``): observed,
+    fitted and counterfactual (with its band) per unit of exposure (x 1,000 for recognition;
+    observed / expected for case-mix offsets; the value itself for log medians), ``x`` = months
+    since go-live, ``period`` the month, ``events`` the observed count (for suppression)."""
+    key = ("site_paths", est.id, est.variable, spec.standardisation, tuple(spec.casemix),
+           spec.transition, spec.slope_change, spec.covariance, spec.interval, spec.time_point,
+           spec.family, spec.seasonality, ctx.alpha)
+    cf = ctx.cache.get(key, {}).get(site)
+    if cf is None:
+        return []
+    frame = ctx.series(est, spec)[0]
+    go = frame.loc[frame["site_id"] == site, "go_live_month"].iloc[0]
+    months = pd.to_datetime(cf["time"])
+    since = (months.dt.year - go.year) * 12 + (months.dt.month - go.month)
+    per = 1000.0 if VARIABLES[est.variable].kind == "rate" else 1.0
+    denom = cf["exposure"].to_numpy(float) / per if "exposure" in cf else np.ones(len(cf))
+    count = VARIABLES[est.variable].kind not in ("median_time",)
+    rows: list[Estimate] = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(len(cf)):
+            common = {"method": method, "component": "counterfactual", "x": float(since.iloc[i]),
+                      "period": f"{months.iloc[i]:%Y-%m}", "time_point": int(since.iloc[i]),
+                      "scale": "per 1,000 admissions" if per == 1000.0 else (
+                          "observed / expected" if "exposure" in cf else "log median ratio")}
+            obs = float(cf["observed"].iloc[i])
+            rows.append(Estimate(obs / denom[i], events=obs if count else math.nan,
+                                 quantity="observed", **common))
+            rows.append(Estimate(float(cf["fitted"].iloc[i]) / denom[i], quantity="fitted", **common))
+            if bool(cf["post"].iloc[i]):
+                rows.append(Estimate(float(cf["counterfactual"].iloc[i]) / denom[i],
+                                     float(cf["counterfactual_low"].iloc[i]) / denom[i],
+                                     float(cf["counterfactual_high"].iloc[i]) / denom[i],
+                                     quantity="counterfactual", **common))
+    return [r for r in rows if np.isfinite(r.estimate)]
 
 
 @register_estimator("site_its")
 def site_its(ctx: EstimationContext, est: Estimand, spec: Specification,
              scopes: Sequence[str]) -> dict[str, Estimate]:
-    """One hospital's own segmented regression (no borrowing from other hospitals)."""
+    """One hospital's own segmented regression (no borrowing from other hospitals); with
+    ``params["paths"]`` also its monthly observed, fitted and counterfactual values (component
+    ``counterfactual``, for the hospital's ITS figure)."""
     fits = _site_fits(ctx, est, spec)
-    return {s: fits.get(s, Estimate.not_estimable("no data for this hospital")) for s in scopes}
+    out: dict[str, Estimate | list[Estimate]] = {}
+    for s in scopes:
+        e = fits.get(s, Estimate.not_estimable("no data for this hospital"))
+        out[s] = [e, *_path_rows(ctx, est, spec, s, e.method)] if spec.params.get("paths") else e
+    return out
 
 
 def _site_level_changes(ctx: EstimationContext, est: Estimand,
@@ -960,6 +1015,9 @@ class ResultsStore:
         summ = f["component"] == "summary"
         hide = summ & (small(f["events"]) | small(f["n"] - f["events"]) | small(f["n"]))
         f.loc[hide, ["estimate", "lower", "upper"]] = np.nan
+        # a month's observed value at a hospital reveals its count with the exposure
+        obs = (f["component"] == "counterfactual") & (f["quantity"] == "observed")
+        f.loc[obs & small(f["events"]), "estimate"] = np.nan
         # hospital comparison: what could reveal a hospital's deaths
         oe = (f["component"] == "oe") & (f["level"] == "site")
         f.loc[oe & small(f["events"]), ["lower", "upper"]] = np.nan
