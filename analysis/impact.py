@@ -1,121 +1,72 @@
-"""IPSO "by the numbers": headline % changes with 95% CIs, for the collaborative or one site.
+"""IPSO "by the numbers": the headline table, a view of the results store.
 
-Six metrics, each estimated two ways and shown side by side:
+:func:`by_the_numbers` fits nothing: it reads the primary effect rows of the analysis plan's
+results store (:mod:`analysis.results`) for the collaborative or one hospital, with the labelled
+secondaries (the population versions: per recognised episode, including the milder episodes
+that better recognition adds) and the crude before/after values (descriptive), and words each
+row with :mod:`analysis.wording`: "no clear change" when the interval includes no effect, never a
+percentage without its interval, the per-child or per-episode phrase of the estimand.
 
-* **ITS (the estimand)**: relative effect ``months_after`` (default 12) months after go-live vs the
-  counterfactual extrapolated from the pre-go-live series (segmented regression,
-  :mod:`analysis.its`), with the first ``transition`` months after go-live (phase-in; default 6, the
-  simulator's ramp) left out of the fit. Collaborative: :func:`analysis.its.fit_its_multisite`
-  (site intercepts and pre-trends, event time, cluster-robust SEs by site). One site:
-  :func:`analysis.its.fit_its` (Newey-West SEs).
-* **Crude pre/post**: pooled post-go-live value (all months >= go-live) over pooled pre value, no
-  adjustment for trend, case mix or recognition expansion. Shown for context only: it is biased
-  when recognition expands (more, milder episodes recognised after go-live).
-
-Models (monthly site series from :func:`analysis.measures.monthly_measures`):
-
-1. ``mortality``: sepsis-attributable deaths (30-day SAM by default, ``sam_window``), quasi-Poisson
-   with a log offset of case-mix-expected deaths (baseline-only logistic model,
-   :func:`analysis.riskadj.fit_casemix_model`, summed per site-month): a case-mix-standardised
-   risk ratio. (Collaborative: Poisson point estimates with cluster-robust SEs, which are already
-   robust to over-dispersion.)
-2. ``recognition``: episodes per 1,000 admissions, quasi-Poisson count with an admissions offset.
-3. ``bundle``: bundle-compliant episodes, quasi-Poisson with an episodes offset (log link: a
-   ratio of proportions, i.e. a risk ratio, not an odds ratio).
-4. ``hospital_days``: hospital days per episode; monthly hospital days rounded to whole days,
-   quasi-Poisson with an episodes offset (ratio of mean days per episode).
-5. ``bolus`` / 6. ``antibiotic``: log of the monthly median minutes T0 -> first fluid bolus / first
-   IV antibiotic, Gaussian; exp(effect) is the ratio of medians. Months without a timed episode
-   are left out (the multi-site fit tolerates gaps; a single-site fit needs consecutive months and
-   is then not estimable).
-
-Metrics 3-6 are per-episode measures without case-mix adjustment, so their estimand is the
-population one: this month's (expanded) episodes vs the episodes the counterfactual series would
-have had.
+Six headline measures (:data:`METRICS`), each the estimands of :data:`HEADLINE` (primary first):
+mortality (30-day, or 3-day with ``sam_window=3``), recognition per 1,000 admissions, bundle
+compliance, hospital days per episode, minutes to the first fluid bolus and to the first IV
+antibiotic. What each estimate is (estimator, time point, per child or per episode) is in the
+row's ``estimand`` and ``model`` columns, from the plan and the store.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .its import fit_its, fit_its_multisite
-from .measures import monthly_measures
-from .riskadj import fit_casemix_model
+from . import wording as W
 
-__all__ = ["METRICS", "ImpactTable", "by_the_numbers"]
+__all__ = ["HEADLINE", "METRICS", "ImpactTable", "by_the_numbers", "measure_words"]
 
-# metric -> (label, unit, higher_is, template wording noun)
+#: The headline measures: label and the unit of their crude values.
 METRICS: dict[str, dict[str, str]] = {
-    "mortality": {
-        "label": "Sepsis-attributable mortality",
-        "unit": "deaths per episode (case-mix standardised)",
-        "up": "{p}% increase in {w}-day sepsis-attributable mortality",
-        "down": "{p}% decrease in {w}-day sepsis-attributable mortality",
-    },
-    "recognition": {
-        "label": "Sepsis episodes recognised",
-        "unit": "episodes per 1,000 admissions",
-        "up": "{p}% increase in patients recognised with sepsis (per 1,000 admissions)",
-        "down": "{p}% decrease in patients recognised with sepsis (per 1,000 admissions)",
-    },
-    "bundle": {
-        "label": "Bundle use",
-        "unit": "% of episodes bundle-compliant",
-        "up": "{p}% increase in bundle use",
-        "down": "{p}% decrease in bundle use",
-    },
-    "hospital_days": {
-        "label": "Hospital days per episode",
-        "unit": "days per episode",
-        "up": "{p}% more hospital days per episode",
-        "down": "{p}% fewer hospital days per episode",
-    },
-    "bolus": {
-        "label": "Time to first fluid bolus",
-        "unit": "median minutes from T0",
-        "up": "{p}% slower first fluid bolus",
-        "down": "{p}% faster first fluid bolus",
-    },
-    "antibiotic": {
-        "label": "Time to first IV antibiotic",
-        "unit": "median minutes from T0",
-        "up": "{p}% slower first IV antibiotic",
-        "down": "{p}% faster first IV antibiotic",
-    },
+    "mortality": {"label": "Sepsis-attributable mortality"},
+    "recognition": {"label": "Sepsis episodes recognised"},
+    "bundle": {"label": "Bundle use"},
+    "hospital_days": {"label": "Hospital days per episode"},
+    "bolus": {"label": "Time to first fluid bolus"},
+    "antibiotic": {"label": "Time to first IV antibiotic"},
 }
-# words for the two CI ends (direction of each bound)
-_DIRECTION = {
-    "mortality": ("decrease", "increase"),
-    "recognition": ("decrease", "increase"),
-    "bundle": ("decrease", "increase"),
-    "hospital_days": ("fewer", "more"),
-    "bolus": ("faster", "slower"),
-    "antibiotic": ("faster", "slower"),
+#: metric -> estimands of the results store shown for it (the primary one first, then its
+#: labelled secondaries). Mortality's estimand follows ``sam_window``.
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "mortality": ("sam30",),
+    "recognition": ("recognition",),
+    "bundle": ("bundle", "bundle_population"),
+    "hospital_days": ("hospital_days", "hospital_days_population"),
+    "bolus": ("bolus_minutes", "bolus_minutes_population"),
+    "antibiotic": ("antibiotic_minutes", "antibiotic_minutes_population"),
 }
-
-_MIN_PRE = 6  # months of pre-go-live data needed for a single-site fit
-_MIN_EVENTS = 10  # deaths / compliant episodes needed for a count model
+_COLLABORATIVE = "collaborative"
+COLUMNS = ["metric", "estimand", "label", "role", "description", "estimate", "lower", "upper",
+           "p_value", "relative_change_pct", "ci_lower_pct", "ci_upper_pct", "per",
+           "crude_pre", "crude_post", "crude_change_pct", "unit", "model", "status", "wording"]
 
 
 @dataclass
 class ImpactTable:
-    """Headline impact table (one row per metric) and the underlying ITS fits.
+    """The headline table (one row per estimand shown) and the store it was read from.
 
-    ``table`` columns: metric, label, estimand, relative_change_pct, ci_lower_pct, ci_upper_pct
-    (ITS % change at ``months_after`` months vs counterfactual, 100 * (ratio - 1)), crude_pre,
-    crude_post (pooled values in ``unit``), crude_change_pct, crude_ci_lower_pct,
-    crude_ci_upper_pct (Poisson CI; counts only), unit, model, status ("ok" or
-    "not estimable: <reason>"), wording.
+    ``table`` columns (:data:`COLUMNS`): metric (headline measure), estimand (store id), label,
+    role ("primary" or "secondary"), description (what is estimated: the plan's summary, per
+    what, time point), estimate/lower/upper/p_value (ratio and interval from the store),
+    relative_change_pct/ci_lower_pct/ci_upper_pct (100 x (ratio - 1)), per, crude_pre/crude_post
+    (crude values before and after go-live in ``unit``, descriptive), crude_change_pct, unit,
+    model (the store's method sentence), status ("ok" or "not estimable: <reason>"), wording
+    (a sentence from :mod:`analysis.wording`).
     """
 
     table: pd.DataFrame
-    fits: dict[str, Any] = field(default_factory=dict, repr=False)
+    store: Any = field(default=None, repr=False)
     level: str = "collaborative"
     site_id: str | None = None
     months_after: int = 12
@@ -125,360 +76,134 @@ class ImpactTable:
         return self.table.copy()
 
     def wording(self) -> list[str]:
-        """Plain-language sentences, e.g. "19% decrease in 30-day sepsis-attributable mortality
-        (95% CI 8% to 28% decrease)"."""
-        return [w for w in self.table["wording"] if isinstance(w, str)]
+        """The sentences of every row (estimable or not), primary rows first within a measure."""
+        return [w for w in self.table["wording"] if isinstance(w, str) and w]
 
     def __getitem__(self, metric: str) -> pd.Series:
-        return self.table.set_index("metric").loc[metric]
+        """The primary row of a headline measure."""
+        t = self.table
+        return t[(t["metric"] == metric) & (t["role"] == "primary")].iloc[0]
+
+
+def measure_words(est: Any) -> W.MeasureWords:
+    """The :class:`analysis.wording.MeasureWords` of a plan :class:`analysis.plan.Estimand`:
+    its label as the name, its per-what phrase, and direction words by kind (times "got
+    faster" / "shorter", hospital days "fewer")."""
+    from .plan import VARIABLES
+
+    name = est.label.split(" (all recognised")[0]
+    if name.endswith(" per episode") and est.per.startswith("per "):
+        name = name[: -len(" per episode")]  # "hospital days" + "per child with the same ..."
+    name = name[0].lower() + name[1:] if not name[:4].isupper() else name
+    kind = VARIABLES[est.variable].kind
+    events = "deaths" if est.variable in ("sam30", "sam3") else "episodes"
+    if kind == "median_time":
+        return W.MeasureWords(name, est.per, fell="got faster", rose="got slower",
+                              lower="shorter", higher="longer", as_high="as long", events=events)
+    if kind == "mean":
+        return W.MeasureWords(name, est.per, lower="fewer", higher="more", as_high="as many",
+                              events=events)
+    return W.MeasureWords(name, est.per, events=events)
 
 
 def _pct(ratio: float) -> float:
-    return 100.0 * (ratio - 1.0) if ratio is not None and np.isfinite(ratio) else float("nan")
+    return 100.0 * (ratio - 1.0) if ratio is not None and np.isfinite(ratio) else math.nan
 
 
-def _wording(metric: str, est: float, lo: float, hi: float, sam_window: int, conf: int) -> str:
-    """e.g. "19% decrease in 30-day sepsis-attributable mortality (95% CI 8% to 28%)"; a CI that
-    crosses no change names the direction of each end."""
-    if not np.isfinite(est):
-        return ""
-    m = METRICS[metric]
-    head = m["down" if est < 0 else "up"].format(p=f"{abs(est):.0f}", w=sam_window)
-    down, up = _DIRECTION[metric]
-    if lo < 0 < hi:
-        ci = f"{conf}% CI {abs(lo):.0f}% {down} to {abs(hi):.0f}% {up}"
-    elif est < 0:
-        ci = f"{conf}% CI {abs(hi):.0f}% to {abs(lo):.0f}%"
-    else:
-        ci = f"{conf}% CI {lo:.0f}% to {hi:.0f}%"
-    return f"{head} ({ci})"
+def _sentence(r: pd.Series, est: Any, role: str, scope: str, level: float) -> str:
+    m = measure_words(est)
+    if r["status"] != "ok":
+        reason = str(r["status_reason"])
+        if reason.startswith("too few") and "this hospital's own effect" in reason:
+            return W.too_few_sentence(m)
+        return W.not_estimable_sentence(m, reason)
+    if scope == _COLLABORATIVE:
+        kind, subject = "collaborative", "Across the collaborative"
+    elif r["estimator"] == "site_eb":
+        kind, subject = "pooled", "At this hospital"
+    else:  # the hospital's own series is this estimand's primary at the site level
+        kind, subject = "collaborative", "At this hospital (its own data alone)"
+    return W.effect_sentence(r["estimate"], r["lower"], r["upper"], m, role=role, kind=kind,
+                             level=level, subject=subject)
 
 
-def _crude_count(num_pre, den_pre, num_post, den_post, z):
-    """Ratio of pooled rates post/pre with a Poisson (log) CI on the numerators."""
-    if min(den_pre, den_post) <= 0:
-        return (float("nan"),) * 5
-    pre, post = num_pre / den_pre, num_post / den_post
-    if num_pre <= 0 or num_post <= 0:
-        return pre, post, float("nan"), float("nan"), float("nan")
-    r = post / pre
-    se = math.sqrt(1.0 / num_pre + 1.0 / num_post)
-    return pre, post, r, r * math.exp(-z * se), r * math.exp(z * se)
+def _store_for(source: Any, scope: str, estimands: list[str], plan: Any, as_of: str | None,
+               alpha: float):
+    from .results import ResultsStore, estimate_all
 
+    if isinstance(source, ResultsStore):
+        return source
+    if getattr(source, "scope", None) is not None:
+        raise ValueError("this run holds one hospital's rows only (a site slice): pass the run's "
+                         "results store (analysis.report_sections.load_store) instead")
+    from .plan import default_plan
 
-def _prepare(coll, sam_window: int, casemix_model,
-             site_id: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Episodes with expected deaths and monthly measures; with `site_id`, only that site's
-    (the case-mix model, when not given, is still fitted on the whole collaborative)."""
-    ep = coll.episodes
-    outcome = f"sam{sam_window}"
-    if outcome not in ep:
-        raise ValueError(f"sam_window={sam_window}: episodes have no {outcome!r} column")
-    extra: list[str] = []
-    if casemix_model is None:
-        try:
-            casemix_model = fit_casemix_model(ep, outcome, unseen="reference")
-        except ValueError:
-            casemix_model = None
-    site_months, sites = coll.site_months, coll.sites
-    if site_id is not None:  # one site's series: predict and aggregate only its rows
-        if site_id not in set(site_months["site_id"]):
-            raise ValueError(f"site_id {site_id!r} not found in site_months")
-        ep = ep[ep["site_id"] == site_id]
-        site_months = site_months[site_months["site_id"] == site_id]
-        sites = sites[sites["site_id"] == site_id]
-    ep = ep.copy()
-    if casemix_model is not None:
-        ep[f"expected_{outcome}"] = casemix_model.predict(ep)
-        extra.append(f"expected_{outcome}")
-    mm = monthly_measures(ep, site_months, sites=sites, extra_sums=extra)
-    mm["hospital_days_int"] = np.round(mm["hospital_days"].fillna(0.0)).astype(int)
-    mm["admissions_k"] = mm["admissions"] / 1000.0
-    for col in ("bolus_minutes_median", "antibiotic_minutes_median"):
-        v = mm[col].where(mm[col] > 0)
-        mm[f"log_{col}"] = np.log(v)
-    return ep, mm
-
-
-_SPECS = {
-    # metric: (outcome, family, exposure)
-    "recognition": ("episodes", "quasipoisson", "admissions_k"),
-    "bundle": ("bundle_compliant", "quasipoisson", "episodes"),
-    "hospital_days": ("hospital_days_int", "quasipoisson", "episodes"),
-    "bolus": ("log_bolus_minutes_median", "gaussian", None),
-    "antibiotic": ("log_antibiotic_minutes_median", "gaussian", None),
-}
-
-
-def _estimand_text(metric: str, months_after: int, transition: int, level: str) -> str:
-    base = (
-        f"ITS relative effect {months_after} months after go-live vs counterfactual "
-        f"({'multi-site, cluster-robust SE' if level == 'collaborative' else 'single site, Newey-West SE'}; "
-        f"{transition}-month phase-in excluded)"
-    )
-    extra = {
-        "mortality": "case-mix-standardised risk ratio (offset: expected deaths)",
-        "recognition": "rate ratio per 1,000 admissions",
-        "bundle": "ratio of bundle-compliance proportions",
-        "hospital_days": "ratio of mean hospital days per episode",
-        "bolus": "ratio of monthly median minutes",
-        "antibiotic": "ratio of monthly median minutes",
-    }[metric]
-    return f"{base}; {extra}; crude pre/post shown alongside"
+    plan = plan or default_plan()
+    levels = [_COLLABORATIVE] if scope == _COLLABORATIVE else ["site"]
+    specs = {plan.get(e, lv).primary.name for e in estimands for lv in levels}
+    return estimate_all(source, plan, scopes=[scope], estimands=estimands, as_of=as_of,
+                        alpha=alpha, roles=["primary", "descriptive"],
+                        specs=specs | {"crude_pre_post"})
 
 
 def by_the_numbers(
-    coll,
+    source: Any,
     *,
     site_id: str | None = None,
-    months_after: int = 12,
     sam_window: int = 30,
-    transition: int = 6,
+    plan: Any = None,
+    as_of: str | None = None,
     alpha: float = 0.05,
-    casemix_model=None,
-    slope_change: bool = False,
 ) -> ImpactTable:
-    """Percent change with (1 - alpha) CI in the six IPSO headline metrics.
+    """The "IPSO by the numbers" table for the collaborative (`site_id` None) or one hospital.
 
-    `coll`: an :class:`analysis.store.Collaborative` (episodes derived and attached to sites,
-    `sites`, `site_months`). `site_id`: one site (fit_its on its series) or ``None`` for the
-    collaborative (fit_its_multisite). `casemix_model`: a fitted
-    :func:`analysis.riskadj.fit_casemix_model` for the mortality offset (default: fitted on the
-    collaborative's baseline episodes, so one site is standardised to collaborative case mix).
-    `slope_change=False` (default): the effect after the phase-in is a level shift (as in
-    benchmarks/bench_its_truth.py; the simulator's effects are constant after the ramp), so the
-    effect at `months_after` is the level change; ``True`` adds a change in slope.
-    Metrics that cannot be estimated get ``status = "not estimable: <reason>"`` and NaN numbers.
+    `source`: a :class:`analysis.results.ResultsStore` (what reports pass: nothing is
+    estimated) or a collaborative (:class:`analysis.store.Collaborative` or a report run), for
+    which the needed rows are estimated with `plan` (default plan), `as_of` and `alpha` first.
+    `sam_window`: 30 or 3 (which mortality estimand heads the table). Rows that are not
+    estimable keep their row with NaN numbers, the reason in ``status`` and a sentence saying so.
     """
-    if months_after < 0:
-        raise ValueError(f"months_after must be >= 0, got {months_after}")
     if sam_window not in (3, 30):
         raise ValueError(f"sam_window must be 3 or 30, got {sam_window}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    from scipy import stats
-
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    conf = round(100 * (1 - alpha))
-    ep, mm = _prepare(coll, sam_window, casemix_model, site_id)
-    level = "collaborative" if site_id is None else "site"
-    if site_id is not None:
-        mm = mm[mm["site_id"] == site_id].sort_values("month").reset_index(drop=True)
-    out = f"sam{sam_window}"
-    specs = dict(_SPECS)
-    specs["mortality"] = (out, "quasipoisson", f"expected_{out}")
-
-    pre_m = mm["months_since_go_live"] < 0
-    post_m = mm["months_since_go_live"] >= 0
-    pre_e = ep["months_since_go_live"] < 0
-    post_e = ep["months_since_go_live"] >= 0
-
-    rows, fits = [], {}
-    for metric in METRICS:
-        outcome, family, exposure = specs[metric]
-        row: dict[str, Any] = {
-            "metric": metric,
-            "label": METRICS[metric]["label"],
-            "estimand": _estimand_text(metric, months_after, transition, level),
-            "unit": METRICS[metric]["unit"],
-            "model": f"{family}" + (f", log offset {exposure}" if exposure else ", log scale"),
-        }
-        # crude pre/post
-        if metric in ("bolus", "antibiotic"):
-            col = "minutes_to_bolus" if metric == "bolus" else "minutes_to_antibiotic"
-            a, b = ep.loc[pre_e, col].dropna(), ep.loc[post_e, col].dropna()
-            cp, cq = (
-                (float(a.median()) if len(a) else float("nan")),
-                (float(b.median()) if len(b) else float("nan")),
-            )
-            cr = cq / cp if cp and np.isfinite(cp) and cp > 0 else float("nan")
-            crude = (cp, cq, cr, float("nan"), float("nan"))
-        else:
-            num = "hospital_days" if metric == "hospital_days" else outcome
-            den = {"mortality": "episodes", "recognition": "admissions_k"}.get(metric, "episodes")
-            crude = _crude_count(
-                float(mm.loc[pre_m, num].sum()),
-                float(mm.loc[pre_m, den].sum()),
-                float(mm.loc[post_m, num].sum()),
-                float(mm.loc[post_m, den].sum()),
-                z,
-            )
-            if metric == "hospital_days":  # days are not Poisson counts: no crude CI
-                crude = (*crude[:3], float("nan"), float("nan"))
-        scale = 100.0 if metric in ("mortality", "bundle") else 1.0
-        row.update(
-            crude_pre=crude[0] * scale,
-            crude_post=crude[1] * scale,
-            crude_change_pct=_pct(crude[2]),
-            crude_ci_lower_pct=_pct(crude[3]),
-            crude_ci_upper_pct=_pct(crude[4]),
-        )
-        if metric == "mortality":
-            row["unit"] = "% of episodes (crude); standardised risk ratio (ITS)"
-        # ITS
-        status, eff = "ok", None
-        try:
-            reason = _not_estimable(mm, metric, outcome, exposure, transition, months_after, level)
-            if reason:
-                status = f"not estimable: {reason}"
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    fit = _fit(
-                        mm, outcome, family, exposure, transition, alpha, level, slope_change
-                    )
-                eff = fit.effect_at(months_after)
-                if family == "gaussian" and level == "collaborative":
-                    dropped = _complete_sites(mm, outcome)[1]
-                    if dropped:
-                        row["estimand"] += (
-                            f"; {len(dropped)} site(s) with months lacking a timed episode left out"
-                        )
-                fits[metric] = fit
-                ratio = eff.relative
-                lo, hi = eff.relative_low, eff.relative_high
-                if family == "gaussian":  # log-scale difference -> ratio
-                    if level == "collaborative":
-                        ratio, lo, hi = math.exp(ratio), math.exp(lo), math.exp(hi)
-                    else:
-                        ratio, lo, hi = _gaussian_site_ratio(fit, months_after, alpha)
-                if (
-                    not all(np.isfinite([ratio, lo, hi]))
-                    or getattr(fit, "converged", True) is False
-                ):
-                    status, eff = "not estimable: model did not converge", None
-                else:
-                    row.update(
-                        relative_change_pct=_pct(ratio),
-                        ci_lower_pct=_pct(lo),
-                        ci_upper_pct=_pct(hi),
-                    )
-        except (ValueError, np.linalg.LinAlgError, FloatingPointError, OverflowError) as exc:
-            status, eff = f"not estimable: {exc}", None
-        if eff is None:
-            row.update(relative_change_pct=np.nan, ci_lower_pct=np.nan, ci_upper_pct=np.nan)
-        row["status"] = status
-        row["wording"] = (
-            _wording(
-                metric,
-                row["relative_change_pct"],
-                row["ci_lower_pct"],
-                row["ci_upper_pct"],
-                sam_window,
-                conf,
-            )
-            if status == "ok"
-            else f"{METRICS[metric]['label']}: {status}"
-        )
-        rows.append(row)
-    cols = [
-        "metric",
-        "label",
-        "estimand",
-        "relative_change_pct",
-        "ci_lower_pct",
-        "ci_upper_pct",
-        "crude_pre",
-        "crude_post",
-        "crude_change_pct",
-        "crude_ci_lower_pct",
-        "crude_ci_upper_pct",
-        "unit",
-        "model",
-        "status",
-        "wording",
-    ]
-    return ImpactTable(
-        table=pd.DataFrame(rows)[cols],
-        fits=fits,
-        level=level,
-        site_id=site_id,
-        months_after=months_after,
-        alpha=alpha,
-    )
-
-
-def _not_estimable(mm, metric, outcome, exposure, transition, months_after, level) -> str:
-    if exposure is not None and exposure not in mm:
-        return f"no {exposure} (case-mix model could not be fitted)"
-    pre = mm["months_since_go_live"] < 0
-    fitted_post = mm["months_since_go_live"] >= transition
-    if level == "site":
-        if pre.sum() < _MIN_PRE:
-            return f"{int(pre.sum())} pre-go-live months (< {_MIN_PRE})"
-        if fitted_post.sum() < 3:
-            return f"{int(fitted_post.sum())} post-go-live months after the {transition}-month phase-in (< 3)"
-    else:
-        if not (pre.any() and fitted_post.any()):
-            return "no pre-go-live or no post-phase-in months"
-    y = mm[outcome]
-    if metric in ("bolus", "antibiotic"):
-        if level == "site" and y.isna().any():
-            return f"{int(y.isna().sum())} months without a timed episode (single-site fit needs every month)"
-        if y[pre].notna().sum() < 3 or y[fitted_post].notna().sum() < 3:
-            return "fewer than 3 months with timed episodes before or after go-live"
-        if level == "collaborative" and _complete_sites(mm, outcome)[0].empty:
-            return "every site has months without a timed episode"
-        return ""
-    if (
-        y[pre].sum() < _MIN_EVENTS / 2
-        or y[fitted_post].sum() < _MIN_EVENTS / 2
-        or y.sum() < _MIN_EVENTS
-    ):
-        return f"too few events ({int(y[pre].sum())} pre, {int(y[fitted_post].sum())} post; need >= {_MIN_EVENTS})"
-    if level == "site" and exposure is not None and (mm[exposure] <= 0).any():
-        return f"{int((mm[exposure] <= 0).sum())} months with zero {exposure} (single-site offset undefined)"
-    return ""
-
-
-def _complete_sites(mm: pd.DataFrame, outcome: str) -> tuple[pd.DataFrame, list[str]]:
-    """Sites whose series of `outcome` has no missing month (the multi-site fit needs consecutive
-    months per site); returns the kept rows and the ids of sites left out."""
-    has_gap = mm.groupby("site_id")[outcome].apply(lambda v: bool(v.isna().any()))
-    dropped = sorted(has_gap[has_gap].index.astype(str))
-    return mm[~mm["site_id"].isin(dropped)], dropped
-
-
-def _fit(mm, outcome, family, exposure, transition, alpha, level, slope_change):
-    if level == "collaborative":
-        d = mm if family != "gaussian" else _complete_sites(mm, outcome)[0]
-        return fit_its_multisite(
-            d,
-            outcome,
-            site="site_id",
-            time="month",
-            go_live="go_live_month",
-            family="poisson" if family == "quasipoisson" else family,
-            exposure=exposure,
-            se="cluster",
-            transition=transition,
-            slope_change=slope_change,
-            alpha=alpha,
-        )
-    return fit_its(
-        mm,
-        outcome,
-        time="month",
-        intervention=mm["go_live_month"].iloc[0],
-        family=family,
-        exposure=exposure,
-        autocorrelation="hac",
-        transition=transition,
-        slope_change=slope_change,
-        alpha=alpha,
-    )
-
-
-def _gaussian_site_ratio(fit, months_after: int, alpha: float) -> tuple[float, float, float]:
-    """Single-site Gaussian fit on log minutes: exp(level + slope * m) with a Wald CI."""
-    from scipy import stats
-
-    names = list(fit.params.index)
-    c = np.zeros(len(names))
-    c[names.index("level_change")] = 1.0
-    if "slope_change" in names:
-        c[names.index("slope_change")] = float(months_after)
-    est = float(c @ fit.params.to_numpy())
-    se = float(np.sqrt(c @ fit.cov.to_numpy() @ c))
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    return math.exp(est), math.exp(est - z * se), math.exp(est + z * se)
+    headline = {**HEADLINE, "mortality": (f"sam{sam_window}",)}
+    scope = _COLLABORATIVE if site_id is None else str(site_id)
+    needed = [e for ids in headline.values() for e in ids]
+    store = _store_for(source, scope, needed, plan, as_of, alpha)
+    level = 1 - float(store.meta.get("alpha", alpha))
+    rows = []
+    for metric, ids in headline.items():
+        for k, eid in enumerate(ids):
+            role = "primary" if k == 0 else "secondary"
+            try:
+                r = store.primary(eid, scope)
+            except KeyError as exc:
+                raise ValueError(f"the results store has no primary row of {eid!r} for {scope!r}; "
+                                 "was it estimated for this scope?") from exc
+            ok = r["status"] == "ok"
+            crude = store.rows(eid, scope, spec="crude_pre_post")
+            summ = store.rows(eid, scope, spec="crude_pre_post", component="summary")
+            summ = summ.set_index("period")["estimate"] if len(summ) else pd.Series(dtype=float)
+            est_plan = store.plan.get(eid, r["level"])
+            rows.append({
+                "metric": metric, "estimand": eid, "label": r["label"], "role": role,
+                "description": (f"{est_plan.summary}, {r['per']}, {r['time_point']} months after "
+                                "go-live"),
+                "estimate": r["estimate"], "lower": r["lower"], "upper": r["upper"],
+                "p_value": r["p_value"],
+                "relative_change_pct": _pct(r["estimate"]) if ok else math.nan,
+                "ci_lower_pct": _pct(r["lower"]) if ok else math.nan,
+                "ci_upper_pct": _pct(r["upper"]) if ok else math.nan,
+                "per": r["per"],
+                "crude_pre": float(summ.get("before go-live", math.nan)),
+                "crude_post": float(summ.get("after go-live", math.nan)),
+                "crude_change_pct": _pct(float(crude["estimate"].iloc[0])) if len(crude) else math.nan,
+                "unit": r["unit"], "model": r["method"],
+                "status": "ok" if ok else f"not estimable: {r['status_reason']}",
+                "wording": _sentence(r, est_plan, role, scope, level),
+            })
+    months = int(store.primary(headline["mortality"][0], scope)["time_point"])
+    return ImpactTable(table=pd.DataFrame(rows, columns=COLUMNS), store=store,
+                       level=_COLLABORATIVE if site_id is None else "site", site_id=site_id,
+                       months_after=months, alpha=float(store.meta.get("alpha", alpha)))

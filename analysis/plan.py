@@ -33,7 +33,7 @@ from typing import Any
 from .riskadj import DEFAULT_CASEMIX
 
 #: Version of :func:`default_plan`; bump it whenever a default estimand or specification changes.
-PLAN_VERSION = "2026.11-1"
+PLAN_VERSION = "2026.12-1"
 
 ROLES: tuple[str, ...] = ("primary", "sensitivity", "descriptive")
 LEVELS: tuple[str, ...] = ("collaborative", "site")
@@ -41,6 +41,11 @@ STANDARDISATIONS: tuple[str, ...] = ("casemix", "none")
 COVARIANCES: tuple[str, ...] = ("cluster", "model", "quasi", "hac")
 INTERVALS: tuple[str, ...] = ("z", "t")
 FAMILIES: tuple[str, ...] = ("poisson", "gaussian")
+#: Estimators built on the imputation estimator (:mod:`analysis.results_staggered`): for them
+#: ``transition`` sets the window of event months averaged, ``[transition, 2 time_point -
+#: transition]``, unless ``params["window"]`` gives it.
+STAGGERED_ESTIMATORS: frozenset[str] = frozenset({
+    "its_staggered", "staggered_placebo", "staggered_leave_one_wave_out", "staggered_rm_bounds"})
 
 __all__ = [
     "PLAN_VERSION", "VARIABLES", "Estimand", "IntercurrentEvent", "Plan", "PlanError",
@@ -163,7 +168,14 @@ class Specification:
             dropped = [c for c in DEFAULT_CASEMIX if c not in self.casemix]
             bits.append("case mix without " + ", ".join(dropped) if dropped else
                         "case mix " + ", ".join(self.casemix))
-        if self.time_point == 0:  # a whole-post-period summary (crude, Cox)
+        if self.estimator in STAGGERED_ESTIMATORS:
+            tp, tr = self.time_point, self.transition
+            first, last = self.params.get("window", (tr, 2 * tp - tr) if tp > tr else (tp, tp))
+            bits += [f"event months {first}-{last}" if first != last else f"event month {first}",
+                     *([f"seasonality {self.seasonality}"] if self.seasonality else []),
+                     f"{self.covariance} SE", f"{self.interval} interval",
+                     f"at {self.time_point} months"]
+        elif self.time_point == 0:  # a whole-post-period summary (crude, Cox)
             bits.append(f"all months after a {self.transition}-month phase-in" if self.transition
                         else "all months from go-live on")
         else:
@@ -600,16 +612,102 @@ def _crude(level: str) -> Specification:
 
 
 _NO_CRITICAL = tuple(c for c in DEFAULT_CASEMIX if c != "critical_sepsis")
-#: Mortality: hospital intercepts and one calendar trend shared by all hospitals. A trend per
-#: hospital, fitted on about 40 30-day (18 3-day) deaths each, biased the ratio up by 0.7% (1.6%)
-#: against the common trend on 200 paired simulator replicates, which is correctly specified
-#: there; staggered go-lives identify the common trend (as calendar effects in difference in
-#: differences).
+#: Mortality, segmented regression (now a sensitivity analysis): hospital intercepts and one
+#: calendar trend shared by all hospitals. A trend per hospital, fitted on about 40 30-day (18
+#: 3-day) deaths each, biased the ratio up by 0.7% (1.6%) against the common trend on 200 paired
+#: simulator replicates; staggered go-lives identify the common trend.
 _COMMON_TREND: dict[str, Any] = {"params": {"site_trends": False}}
+#: Site level of mortality: empirical Bayes partial pooling and the too-little-information rule
+#: (:func:`analysis.results.site_eb`; validation in benchmarks/RESULTS.md).
+SITE_EB: dict[str, Any] = {"own_estimate": "common_trend", "prior": "half_normal",
+                           "prior_scale": 0.5, "interval": "posterior",
+                           "min_expected_events": 20.0, "fit_set": "estimable"}
 #: Proportions (bundle, screen, huddle, order set): a shift on the logit scale gives a ratio of
 #: proportions that drifts as the baseline rises, and a level-only ratio model then lets that
 #: drift tilt the hospitals' trends (+1.5 to +3% bias on the simulator); a slope change absorbs it.
 _PROPORTION: dict[str, Any] = {"slope_change": True}
+
+#: The imputation estimator for staggered go-lives (:mod:`analysis.results_staggered`) of each
+#: rate outcome: settings of its untreated model. Mortality: hospital intercepts and one common
+#: trend (a hospital's 11-25 deaths before go-live cannot carry a trend of its own), 1 Fourier
+#: pair, least-squares centring of the calendar effects (the robust centring biased the ratio by
+#: -6% with 8-25 deaths a month among hospitals not yet live); 3-day deaths are too sparse for
+#: calendar-month effects (months without any 3-day death among hospitals not yet live leave them
+#: without an estimate: 15 of 60 simulator replicates), so one common trend and seasonality.
+#: Recognition: a trend per hospital, robust centring (high volume), 2 Fourier pairs.
+STAGGERED: dict[str, dict[str, Any]] = {
+    "sam30": {"seasonality": 1, "params": {"site_trends": False, "calendar_centering": "ls"}},
+    "sam3": {"seasonality": 1, "params": {"site_trends": False, "calendar_effects": False}},
+    "recognition": {"seasonality": 2, "params": {"site_trends": True,
+                                                 "calendar_centering": "robust"}},
+    "hospital_days": {"seasonality": 0, "params": {"site_trends": True,
+                                                   "calendar_centering": "robust"}},
+}
+
+
+def _staggered(eid: str, name: str = "its_staggered", role: str = "primary", reason: str = "",
+               estimator: str = "its_staggered", **changes: Any) -> Specification:
+    """An imputation-estimator specification of `eid` (settings :data:`STAGGERED`)."""
+    base = STAGGERED[eid]
+    params = {**base["params"], **changes.pop("params", {})}
+    kw: dict[str, Any] = {"seasonality": base["seasonality"], "interval": "t",
+                          "covariance": "cluster", "transition": 6, "time_point": 12}
+    kw.update(changes)
+    return Specification(name, role, estimator, reason, params=params, **kw)
+
+
+def _staggered_sensitivity(eid: str, **std: Any) -> list[Specification]:
+    """The sensitivity analyses of an imputation primary (issue 12): placebo in time,
+    leave-one-wave-out, transition 0 and 12, panel-HAC covariance, Rambachan-Roth bounds."""
+    return [
+        _staggered(eid, "placebo_in_time", "sensitivity", "every go-live moved 12 months "
+                   "earlier, months before the real go-live only: the ratio over the fake first "
+                   "12 months should be 1", estimator="staggered_placebo",
+                   params={"shift": 12}, **std),
+        _staggered(eid, "leave_one_wave_out", "sensitivity", "the estimate without each wave of "
+                   "go-lives in turn: does one wave drive it?",
+                   estimator="staggered_leave_one_wave_out", **std),
+        _staggered(eid, "transition_0", "sensitivity", "no phase-in left out: event months 0-24, "
+                   "an effect still building up in the first months pulls it toward no change",
+                   transition=0, **std),
+        _staggered(eid, "transition_12", "sensitivity", "a 12-month phase-in: event month 12 "
+                   "alone, no averaging over neighbouring months (noisier)", transition=12, **std),
+        _staggered(eid, "panel_hac", "sensitivity", "panel Newey-West covariance within hospital "
+                   "instead of clustering by hospital", covariance="hac", **std),
+        _staggered(eid, "rambachan_roth", "sensitivity", "Rambachan-Roth relative-magnitude bounds "
+                   "on the effect at event month 12 for M = 0.5, 1 and 2: how large a departure "
+                   "from parallel trends, relative to the largest between the leads, would "
+                   "overturn the conclusion", estimator="staggered_rm_bounds",
+                   params={"m_bar": [0.5, 1.0, 2.0]}, **std),
+    ]
+
+
+def _casemix_fit(eid: str) -> Specification:
+    return Specification("casemix_model", "descriptive", "casemix_fit", "how well the baseline "
+                         "case-mix model that standardises the estimand discriminates and is "
+                         "calibrated", time_point=0, transition=0)
+
+
+def _km() -> Specification:
+    return Specification("km_survival", "descriptive", "km_curves", "Kaplan-Meier 30-day "
+                         "survival before and after go-live: descriptive, no test (episodes are "
+                         "clustered in hospitals)", standardisation="none", transition=0,
+                         time_point=0, params={"horizon_days": 30})
+
+
+def _funnel() -> Specification:
+    return Specification("funnel", "descriptive", "funnel_oe", "how each hospital's "
+                         "risk-adjusted mortality after go-live compares with the "
+                         "collaborative's (funnel plot centred on the collaborative)",
+                         transition=0, time_point=0,
+                         params={"scale": "sqrt", "od_model": "additive"})
+
+
+def _los_curves() -> Specification:
+    return Specification("los_curves", "descriptive", "cif_curves", "cumulative incidence of "
+                         "discharge alive and in-hospital death before and after go-live: "
+                         "descriptive, no test (episodes are clustered in hospitals)",
+                         standardisation="none", transition=0, time_point=0)
 
 
 def _mortality(window: int) -> list[Estimand]:
@@ -619,16 +717,21 @@ def _mortality(window: int) -> list[Estimand]:
         specs: list[Specification] = []
         if level == "collaborative":
             specs += [
-                _its("its_multisite", covariance="cluster", **_COMMON_TREND),
-                _its("no_critical_casemix", "sensitivity", "the IPSO practices may change who is "
-                     "classed as critical, so critical_sepsis is dropped from the case mix",
-                     casemix=_NO_CRITICAL, **_COMMON_TREND),
-                _its("slope_change", "sensitivity", "lets the effect grow or fade after the "
-                     "phase-in instead of assuming a constant level change", slope_change=True,
+                _staggered(sam),
+                _its("its_multisite", "sensitivity", "segmented regression with a constant "
+                     "level change after the phase-in (the primary of plan 2026.11-1): uses every "
+                     "month after the phase-in, so more precise, but biased when the effect grows "
+                     "or fades", covariance="cluster", **_COMMON_TREND),
+                _staggered(sam, "no_critical_casemix", "sensitivity", "the IPSO practices may "
+                           "change who is classed as critical, so critical_sepsis is dropped from "
+                           "the case mix", casemix=_NO_CRITICAL),
+                _its("slope_change", "sensitivity", "segmented regression that lets the effect "
+                     "grow or fade after the phase-in (level and slope change)", slope_change=True,
                      **_COMMON_TREND),
-                _its("site_trends", "sensitivity", "one calendar trend per hospital: allows "
-                     "hospital-specific secular change, but with few deaths per hospital biases "
-                     "the ratio up (+0.7% for 30-day, +1.6% for 3-day mortality on the simulator)"),
+                _its("site_trends", "sensitivity", "segmented regression with one calendar trend "
+                     "per hospital: allows hospital-specific secular change, but with few deaths "
+                     "per hospital biases the ratio up (+0.7% for 30-day, +1.6% for 3-day "
+                     "mortality on the simulator)"),
                 Specification("pooled_site_its", "sensitivity", "site_pooled",
                               "per-hospital ITS pooled by REML random effects (the forest plot): "
                               "weights hospitals, not episodes", covariance="model"),
@@ -639,12 +742,20 @@ def _mortality(window: int) -> list[Estimand]:
                     "after the phase-in, Cox model stratified by hospital, adjusted for case mix "
                     "and calendar time, cluster-robust SE: another model and scale",
                     time_point=0, transition=6, family=None, params={"horizon_days": window}))
+            specs += _staggered_sensitivity(sam)
+            specs.append(_casemix_fit(sam))
+            if window == 30:
+                specs += [_km(), _funnel()]
         else:
             specs += [
-                Specification("site_eb", "primary", "site_eb", covariance="model"),
+                Specification("site_eb", "primary", "site_eb", covariance="model",
+                              seasonality=1, params=dict(SITE_EB)),
                 _site("site_its", "sensitivity", "this hospital's own series only (no borrowing "
-                      "from other hospitals): noisier, shown for transparency"),
+                      "from other hospitals): noisier, shown for transparency",
+                      params={"paths": window == 30}),
             ]
+            if window == 30:
+                specs += [_km(), _funnel()]
         specs.append(_crude(level))
         out.append(Estimand(
             sam, level, f"{window}-day sepsis-attributable mortality", sam,
@@ -666,7 +777,10 @@ def _simple(eid: str, variable: str, label: str, summary: str, scale: str, unit:
             better: str, down: str, up: str, events: tuple[IntercurrentEvent, ...],
             standardisation: str, secondary_to: str | None = None,
             sensitivity_no_critical: bool = False, population: str | None = None,
+            extra: dict[str, list[Specification]] | None = None,
             **model: Any) -> list[Estimand]:
+    """An estimand at both levels: segmented regression (collaborative) and the hospital's own
+    series (site), each with a crude comparison; `extra`: more specifications per level."""
     out = []
     for level in LEVELS:
         if level == "collaborative":
@@ -676,8 +790,12 @@ def _simple(eid: str, variable: str, label: str, summary: str, scale: str, unit:
                                   "change who is classed as critical, so critical_sepsis is dropped "
                                   "from the case mix", casemix=_NO_CRITICAL, **model))
         else:
+            # the hospital's ITS figure (recognition, hospital days) is drawn from its paths
+            paths = {"params": {"paths": True}} if eid in ("recognition", "hospital_days") else {}
             specs = [_site("site_its", standardisation=standardisation,
-                           covariance="hac" if variable == "recognition" else "model", **model)]
+                           covariance="hac" if variable == "recognition" else "model",
+                           **model, **paths)]
+        specs += (extra or {}).get(level, [])
         specs.append(_crude(level))
         out.append(Estimand(
             eid, level, label, variable,
@@ -687,18 +805,36 @@ def _simple(eid: str, variable: str, label: str, summary: str, scale: str, unit:
     return out
 
 
+def _with_staggered_primary(estimands: list[Estimand], reason: str) -> list[Estimand]:
+    """Make the imputation estimator the collaborative primary of a rate estimand (the former
+    segmented-regression primary stays as a sensitivity analysis with `reason`) and add its
+    sensitivity analyses."""
+    out = []
+    for e in estimands:
+        if e.level == "collaborative":
+            specs = [_staggered(e.id, standardisation=e.primary.standardisation)]
+            for sp in e.specs:
+                specs.append(dataclasses.replace(sp, role="sensitivity", reason=reason)
+                             if sp.role == "primary" else sp)
+            specs[-1:-1] = _staggered_sensitivity(e.id, standardisation=e.primary.standardisation)
+            e = dataclasses.replace(e, specs=tuple(specs))
+        out.append(e)
+    return out
+
+
 def default_plan() -> Plan:
     """The default IPSO analysis plan (version :data:`PLAN_VERSION`)."""
     e: list[Estimand] = []
     e += _mortality(30)
     e += _mortality(3)
-    e += _simple(
+    e += _with_staggered_primary(_simple(
         "recognition", "recognition", "Sepsis recognition", "ratio of episodes recognised per "
         "1,000 admissions, with IPSO vs without IPSO", "rate ratio",
         "episodes per 1,000 admissions", "per 1,000 hospital admissions", "higher", "decrease",
         "increase", (), "none",
         population="admissions to IPSO hospitals (the rate counts newly recognised episodes)",
-        seasonality=2)
+        seasonality=2), "segmented regression with a constant level change after the phase-in "
+        "(the primary of plan 2026.11-1): more precise, but biased when the effect grows or fades")
     for eid, var, label, what in (
         ("bundle", "bundle", "IPSO bundle compliance", "bundle compliance"),
         ("screen_positive", "screen_positive", "Positive sepsis screen", "a positive screen"),
@@ -710,10 +846,15 @@ def default_plan() -> Plan:
             IntercurrentEvent("treatment given before T0", "composite",
                               "counts as timely (settings.treatment_before_t0_is_timely)"),
             _TRANSFER)
+        hac = _its("panel_hac", "sensitivity", "panel Newey-West covariance within hospital "
+                   "instead of clustering by hospital: the variance for these hospitals, without "
+                   "the between-hospital spread of the effect", standardisation="casemix",
+                   covariance="hac", **_PROPORTION)
         e += _simple(eid, var, label, f"ratio of the probability of {what}, with IPSO vs "
                      "without IPSO, for the same episodes", "ratio of proportions",
                      "% of episodes", PER_CHILD, "higher", "decrease", "increase", events,
-                     "casemix", sensitivity_no_critical=(eid == "bundle"), **_PROPORTION)
+                     "casemix", sensitivity_no_critical=(eid == "bundle"),
+                     extra={"collaborative": [hac]}, **_PROPORTION)
         if eid == "bundle":
             e += _simple("bundle_population", var, label + " (all recognised episodes)",
                          "ratio of bundle compliance among the episodes recognised with IPSO vs "
@@ -724,7 +865,12 @@ def default_plan() -> Plan:
     e += _simple("hospital_days", "hospital_days", "Hospital days per episode",
                  "ratio of mean hospital days, with IPSO vs without IPSO, for the same episodes",
                  "ratio of means", "days per episode", PER_CHILD, "lower", "fewer", "more",
-                 los_events, "casemix", sensitivity_no_critical=True)
+                 los_events, "casemix", sensitivity_no_critical=True,
+                 extra={"collaborative": [_staggered(
+                     "hospital_days", role="sensitivity", reason="imputation estimator for "
+                     "staggered go-lives (event months 6-18): no constant-effect assumption, but "
+                     "about twice the standard error of the segmented regression",
+                     standardisation="casemix"), _los_curves()], "site": [_los_curves()]})
     e += _simple("hospital_days_population", "hospital_days", "Hospital days per episode (all "
                  "recognised episodes)", "ratio of mean hospital days among the episodes "
                  "recognised with IPSO vs those that would have been recognised without it",

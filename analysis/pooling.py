@@ -636,15 +636,71 @@ def _reml_loglik(tau2: np.ndarray, y: np.ndarray, v: np.ndarray) -> np.ndarray:
     return -0.5 * (np.log(v[None, :] + tau2[:, None]).sum(axis=1) + np.log(sw) + rss)
 
 
+def _reml_loglik_cov(tau2: np.ndarray, y: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Restricted log-likelihood with correlated sampling errors (Sigma = V + tau2 I)."""
+    out = np.empty(len(tau2))
+    one = np.ones(len(y))
+    for j, t2 in enumerate(np.atleast_1d(tau2)):
+        c = np.linalg.cholesky(V + t2 * np.eye(len(y)))
+        si_1 = np.linalg.solve(c.T, np.linalg.solve(c, one))
+        si_y = np.linalg.solve(c.T, np.linalg.solve(c, y))
+        s11 = one @ si_1
+        mu = (one @ si_y) / s11
+        rss = y @ si_y - mu * (one @ si_y)
+        out[j] = -0.5 * (2 * np.sum(np.log(np.diag(c))) + np.log(s11) + rss)
+    return out
+
+
+def _reml_tau2_cov(y: np.ndarray, V: np.ndarray, start: float) -> float:
+    """REML tau^2 with correlated sampling errors (bounded scalar maximisation, >= 0)."""
+    hi = max(10 * start, 4 * float(np.max(np.diag(V))), 1e-3)
+    res = optimize.minimize_scalar(lambda t2: -_reml_loglik_cov(np.array([t2]), y, V)[0],
+                                   bounds=(0.0, hi), method="bounded",
+                                   options={"xatol": 1e-10})
+    at0 = -_reml_loglik_cov(np.array([0.0]), y, V)[0]
+    return 0.0 if at0 <= res.fun else float(res.x)
+
+
+def _gls_posteriors(y: np.ndarray, V: np.ndarray, t2: np.ndarray):
+    """Per tau^2 of the grid: GLS mean and its variance, shrinkage 1 - tau^2 (Sigma^-1)_ii,
+    the sites' conditional posterior means/variances and those of theta_i - mu (see
+    :func:`empirical_bayes`, ``vcov``). Arrays are grid x sites (mu, vmu: grid)."""
+    k = len(y)
+    one = np.ones(k)
+    g = len(t2)
+    mu, vmu = np.empty(g), np.empty(g)
+    B, m, s2, md, sd2 = (np.empty((g, k)) for _ in range(5))
+    for j, tt in enumerate(t2):
+        si = np.linalg.inv(V + tt * np.eye(k))
+        si = 0.5 * (si + si.T)
+        si_1 = si @ one
+        s11 = float(one @ si_1)
+        mu[j] = float(si_1 @ y) / s11
+        vmu[j] = 1.0 / s11
+        r = y - mu[j]
+        a = 1.0 - tt * si_1
+        d = np.diag(si)
+        B[j] = 1.0 - tt * d
+        md[j] = tt * (si @ r)
+        m[j] = mu[j] + md[j]
+        s2[j] = tt - tt * tt * d + a * a * vmu[j]
+        sd2[j] = tt - tt * tt * d + (tt * si_1) ** 2 * vmu[j]
+    return mu, vmu, B, m, np.maximum(s2, 0.0), md, np.maximum(sd2, 0.0)
+
+
 def _tau_grid(y: np.ndarray, v: np.ndarray, tau_hat: float, n: int = 200,
-              drop: float = 14.0) -> tuple[np.ndarray, np.ndarray]:
+              drop: float = 14.0, V: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grid of tau values and trapezoid quadrature weights covering the restricted likelihood
     down to ``max - drop`` (log scale): dense near the mode, geometric in the right tail."""
+    def ll(t2: float) -> float:
+        a = np.array([t2])
+        return float((_reml_loglik(a, y, v) if V is None else _reml_loglik_cov(a, y, V))[0])
+
     scale = max(tau_hat, 0.25 * float(np.sqrt(np.median(v))), 1e-4)
     top = 8.0 * scale
-    peak = float(_reml_loglik(np.array([tau_hat**2]), y, v)[0])
+    peak = ll(tau_hat**2)
     for _ in range(60):
-        if _reml_loglik(np.array([top**2]), y, v)[0] < peak - drop:
+        if ll(top**2) < peak - drop:
             break
         top *= 2.0
     dense = np.linspace(0.0, min(6.0 * scale, top), int(0.75 * n))
@@ -689,8 +745,10 @@ def empirical_bayes(
     interval: Literal["posterior", "plugin"] = "posterior",
     estimable: Sequence[bool] | np.ndarray | None = None,
     knha: bool = False,
-    prior: Literal["uniform_tau2", "uniform_tau"] = "uniform_tau2",
+    prior: Literal["uniform_tau2", "uniform_tau", "half_normal", "half_cauchy"] = "uniform_tau2",
     grid_size: int = 200,
+    prior_scale: float = 0.5,
+    vcov=None,
 ) -> EmpiricalBayesResult:
     """Partially pooled (empirical-Bayes / BLUP) estimates of each site's true effect.
 
@@ -713,9 +771,21 @@ def empirical_bayes(
     the plug-in BLUP interval this does not collapse when the REML tau^2 is 0, and it widens
     when tau^2 is poorly determined (few sites). It needs >= 4 sites (the posterior is proper
     from 4 sites with the flat prior on tau^2, 3 with the flat prior on tau).
+    ``prior="half_normal"`` / ``"half_cauchy"``: a weakly informative prior on tau with scale
+    `prior_scale` (default 0.5 on the log scale: between-site ratios varying by up to a factor
+    of about e^(2 x 0.5) = 2.7 are plausible a priori; Friede et al. 2017, Röver et al. 2021 for
+    log odds/risk ratios; Gelman 2006 for the half-Cauchy); proper, so 3 sites suffice.
     ``interval="plugin"`` gives the plug-in interval ``BLUP +/- z SE`` at the estimated tau^2
     (what ``metafor::blup`` prints). With ``tau2`` fixed (known) both are the same normal
     posterior, equal to ``metafor::blup`` for that tau^2.
+
+    `vcov`: the full sampling covariance of `yi` (k x k, input order; its diagonal is `vi`)
+    when the sites' estimates are correlated, e.g. hospitals' level changes against one shared
+    calendar trend, whose estimation error they all carry. The model is then ``y ~ N(theta, V)``
+    and every quantity uses ``Sigma = V + tau^2 I``: GLS mean, BLUP ``mu + tau^2 Sigma^-1 (y -
+    mu)``, its prediction variance ``tau^2 I - tau^4 Sigma^-1 + a a' / (1' Sigma^-1 1)`` with
+    ``a = 1 - tau^2 Sigma^-1 1``, and the restricted likelihood of tau^2. Ignoring a positive
+    correlation understates the uncertainty of the collaborative mean and of every site.
 
     `method` ("REML", "DL", "PM") estimates tau^2 for the pooled fit and the plug-in BLUP.
     `estimable` (bool per site, e.g. ``~too_little_information(...)``) marks sites whose own
@@ -752,8 +822,19 @@ def empirical_bayes(
     ok = status == "ok"
     y, v = y_all[ok], v_all[ok]
     k = len(y)
-    if prior not in ("uniform_tau2", "uniform_tau"):
-        raise ValueError(f"prior must be 'uniform_tau2' or 'uniform_tau', got {prior!r}")
+    V = None
+    if vcov is not None:
+        V_all = np.asarray(vcov, dtype=float)
+        if V_all.shape != (k_all, k_all):
+            raise ValueError(f"vcov must be {k_all} x {k_all} (one row and column per site)")
+        V = V_all[np.ix_(ok, ok)]
+        if not np.allclose(V, V.T) or not np.allclose(np.diag(V), v, rtol=1e-8, atol=1e-12):
+            raise ValueError("vcov must be symmetric with vi on its diagonal")
+    priors = ("uniform_tau2", "uniform_tau", "half_normal", "half_cauchy")
+    if prior not in priors:
+        raise ValueError(f"prior must be one of {priors}, got {prior!r}")
+    if not (np.isfinite(prior_scale) and prior_scale > 0):
+        raise ValueError(f"prior_scale must be positive, got {prior_scale!r}")
     need = 2
     if interval == "posterior" and tau2 is None:
         need = 4 if prior == "uniform_tau2" else 3
@@ -773,25 +854,36 @@ def empirical_bayes(
                 f"plug-in BLUP interval at the {pooled.method.upper()} tau^2 = {tau2_hat:.4g} "
                 "(uncertainty in tau^2 ignored)")
     else:
-        t, q = _tau_grid(y, v, np.sqrt(tau2_hat), n=grid_size)
-        ll = _reml_loglik(t**2, y, v)
-        # d(tau^2) = 2 tau d(tau): a flat prior on tau^2 weighs the tau grid by tau
-        wts = q * np.exp(ll - ll.max()) * (t if prior == "uniform_tau2" else 1.0)
+        if V is not None:
+            tau2_hat = _reml_tau2_cov(y, V, tau2_hat)
+        t, q = _tau_grid(y, v, np.sqrt(tau2_hat), n=grid_size, V=V)
+        ll = _reml_loglik(t**2, y, v) if V is None else _reml_loglik_cov(t**2, y, V)
+        # density of the prior on the tau grid; d(tau^2) = 2 tau d(tau): a flat prior on tau^2
+        # weighs the tau grid by tau
+        density = {"uniform_tau2": t, "uniform_tau": np.ones_like(t),
+                   "half_normal": np.exp(-0.5 * (t / prior_scale) ** 2),
+                   "half_cauchy": 1.0 / (1.0 + (t / prior_scale) ** 2)}[prior]
+        wts = q * np.exp(ll - ll.max()) * density
         wts = wts / wts.sum()
-        note = (f"posterior over tau^2 (restricted likelihood x flat prior on "
-                f"{'tau^2' if prior == 'uniform_tau2' else 'tau'}, {len(t)}-point grid), flat "
-                "prior on mu")
+        what = {"uniform_tau2": "a flat prior on tau^2", "uniform_tau": "a flat prior on tau",
+                "half_normal": f"a half-normal prior on tau (scale {prior_scale:g})",
+                "half_cauchy": f"a half-Cauchy prior on tau (scale {prior_scale:g})"}[prior]
+        note = (f"posterior over tau^2 (restricted likelihood x {what}, {len(t)}-point grid), "
+                "flat prior on mu")
 
     t2 = t**2
-    W = 1.0 / (v[None, :] + t2[:, None])            # grid x sites
-    sw = W.sum(axis=1)
-    mu = (W * y).sum(axis=1) / sw                    # per grid point
-    vmu = 1.0 / sw
-    B = v[None, :] / (v[None, :] + t2[:, None])      # shrinkage toward mu
-    m = mu[:, None] + (1 - B) * (y[None, :] - mu[:, None])
-    s2 = (1 - B) * v[None, :] + B**2 * vmu[:, None]
-    md = (1 - B) * (y[None, :] - mu[:, None])        # theta_i - mu
-    sd2 = (1 - B) * v[None, :] + (1 - B) ** 2 * vmu[:, None]
+    if V is None:
+        W = 1.0 / (v[None, :] + t2[:, None])            # grid x sites
+        sw = W.sum(axis=1)
+        mu = (W * y).sum(axis=1) / sw                    # per grid point
+        vmu = 1.0 / sw
+        B = v[None, :] / (v[None, :] + t2[:, None])      # shrinkage toward mu
+        m = mu[:, None] + (1 - B) * (y[None, :] - mu[:, None])
+        s2 = (1 - B) * v[None, :] + B**2 * vmu[:, None]
+        md = (1 - B) * (y[None, :] - mu[:, None])        # theta_i - mu
+        sd2 = (1 - B) * v[None, :] + (1 - B) ** 2 * vmu[:, None]
+    else:
+        mu, vmu, B, m, s2, md, sd2 = _gls_posteriors(y, V, t2)
     probs = (alpha / 2, 1 - alpha / 2)
 
     def post(mean, var):
@@ -804,11 +896,15 @@ def empirical_bayes(
     dest, _, dlo, dhi = post(md, sd2)
     mu_m, mu_sd, mu_lo, mu_hi = post(mu[:, None], np.broadcast_to(vmu[:, None], (len(t), 1)))
     # plug-in BLUP at the point estimate of tau^2 (metafor::blup)
-    w_hat = 1.0 / (v + tau2_hat)
-    mu_hat = float(np.sum(w_hat * y) / w_hat.sum())
-    b_hat = v / (v + tau2_hat)
-    blup = mu_hat + (1 - b_hat) * (y - mu_hat)
-    blup_se = np.sqrt((1 - b_hat) * v + b_hat**2 / w_hat.sum())
+    if V is None:
+        w_hat = 1.0 / (v + tau2_hat)
+        mu_hat = float(np.sum(w_hat * y) / w_hat.sum())
+        b_hat = v / (v + tau2_hat)
+        blup = mu_hat + (1 - b_hat) * (y - mu_hat)
+        blup_se = np.sqrt((1 - b_hat) * v + b_hat**2 / w_hat.sum())
+    else:
+        _, _, _, bm, bs2, _, _ = _gls_posteriors(y, V, np.array([tau2_hat]))
+        blup, blup_se = bm[0], np.sqrt(bs2[0])
 
     z = float(stats.norm.ppf(1 - alpha / 2))
     cols = {c: np.full(k_all, np.nan) for c in ("estimate", "se", "lower", "upper", "shrinkage",

@@ -28,11 +28,12 @@ from . import reporting as rp
 
 SHARED_META = "shared_meta.json"
 SHARED_ITEMS = ("casemix", "site_months", "oe_by_site", "multisite", "by_site", "associations",
-                "impact", "los")
-#: What site reports use: computed once by :func:`compute_shared` before any report starts. The
+                "impact", "los", "store")
+#: What site reports use: computed once by :func:`compute_shared` before any report starts,
+#: including the results store of every scope (``store``, Parquet: :func:`results_path`). The
 #: rest (pooled event study, process associations, collaborative impact and length of stay) is
 #: used only by the collaborative report, which computes it itself, in parallel with site reports.
-SITE_ITEMS = ("casemix", "site_months", "oe_by_site", "by_site")
+SITE_ITEMS = ("casemix", "site_months", "oe_by_site", "by_site", "store")
 #: Mortality outcome of the models (30-day sepsis-attributable mortality).
 OUTCOME = "sam30"
 EXPECTED = "expected_sam30"
@@ -48,9 +49,11 @@ class SharedFits:
     :class:`analysis.reporting.NotEstimable`, never raised.
     """
 
-    def __init__(self, run: rp.RunData, shared_dir: str | Path | None = None):
+    def __init__(self, run: rp.RunData, shared_dir: str | Path | None = None,
+                 plan: Any = None):
         self.run = run
         self.shared_dir = Path(shared_dir) if shared_dir else None
+        self.plan = _resolve_plan(plan)
         self._cache: dict[str, Any] = {}
         self._usable = False
         if self.shared_dir is not None and (self.shared_dir / SHARED_META).exists():
@@ -61,11 +64,18 @@ class SharedFits:
                 self._usable = False
 
     def meta(self) -> dict:
+        import hashlib
+
         return {"data_hash": self.run.data_hash, "as_of": str(self.run.as_of.date()),
-                "outcome": OUTCOME}
+                "outcome": OUTCOME, "plan_version": self.plan.version,
+                "plan_sha256": hashlib.sha256(self.plan.to_json().encode()).hexdigest()}
 
     def get(self, name: str) -> Any:
         if name in self._cache:
+            return self._cache[name]
+        if name == "store" and self._usable and results_path(self.shared_dir).exists():
+            # only this hospital's rows (and the collaborative and comparison rows) for a site
+            self._cache[name] = load_store(self.shared_dir, scope=self.run.scope)
             return self._cache[name]
         path = self.shared_dir / f"{name}.pkl" if self.shared_dir else None
         if self._usable and path is not None and path.exists():
@@ -100,6 +110,9 @@ class SharedFits:
                 getattr(res, attr)  # cached before the data go
             res.remove_data()
         for name, value in values.items():
+            if name == "store" and not isinstance(value, rp.NotEstimable):
+                value.to_parquet(results_path(d))
+                continue
             with (d / f"{name}.pkl").open("wb") as fh:
                 pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
         (d / SHARED_META).write_text(json.dumps(self.meta()))
@@ -148,9 +161,18 @@ class SharedFits:
     def _compute_impact(self):
         from .impact import by_the_numbers
 
-        model = self.get("casemix")
-        return by_the_numbers(self.run, casemix_model=None if isinstance(model, rp.NotEstimable)
-                              else model)
+        return by_the_numbers(_need(self.get("store")))
+
+    def _compute_store(self):
+        """The results store of every scope (:func:`analysis.results.estimate_all`) with this
+        run's plan; the run's episodes are already cut at its data cut-off."""
+        from .results import estimate_all
+
+        store = estimate_all(self.run, self.plan)
+        month = str(self.run.as_of.to_period("M"))
+        store.frame["as_of"] = month
+        store.meta["as_of"] = month
+        return store
 
     def _compute_los(self):
         from .competing import los_competing_risks
@@ -166,7 +188,34 @@ class SharedFits:
 _WHAT = {"casemix": "Case-mix model", "site_months": "Monthly measures",
          "oe_by_site": "Risk-adjusted comparison", "multisite": "Pooled time series",
          "by_site": "Hospital-level time series", "associations": "Process-outcome associations",
-         "impact": "IPSO by the numbers", "los": "Length of stay"}
+         "impact": "IPSO by the numbers", "los": "Length of stay", "store": "Results store"}
+
+
+def _resolve_plan(plan: Any):
+    """A :class:`analysis.plan.Plan` from a Plan, a plan file path or None (the default plan)."""
+    from .plan import Plan, default_plan
+
+    if plan is None:
+        return default_plan()
+    if isinstance(plan, Plan):
+        return plan.validate()
+    return Plan.from_yaml(plan)
+
+
+def results_path(shared_dir: str | Path) -> Path:
+    """Where :func:`compute_shared` writes the run's results store (Parquet)."""
+    from .results import RESULTS_FILE
+
+    return Path(shared_dir) / RESULTS_FILE
+
+
+def load_store(shared_dir: str | Path, scope: str | None = None):
+    """The run's results store from a shared folder; with `scope` (a site id) only that
+    hospital's rows, the collaborative rows and every hospital's comparison rows
+    (:meth:`analysis.results.ResultsStore.for_scope`). Raises ``ValueError`` when there is none."""
+    from .results import load_store as _load
+
+    return _load(results_path(shared_dir), scope=scope)
 
 
 _DATE = re.compile(r"(?:Timestamp\(')?(\d{4})-(\d{2})-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?(?:'\))?")
@@ -207,16 +256,20 @@ def _mortality_months(sm: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key: str,
-                   items: tuple[str, ...] = SITE_ITEMS, as_of: str | None = None) -> None:
-    """Compute the run's shared fits once and save them (pickles) under `shared_dir`, with one
-    site slice per hospital (:func:`analysis.reporting.write_site_slices`).
+                   items: tuple[str, ...] = SITE_ITEMS, as_of: str | None = None,
+                   plan: Any = None) -> None:
+    """Compute the run's shared fits once and save them under `shared_dir`: pickles, the results
+    store of every scope as Parquet (:func:`results_path`; a site report reads only its rows
+    with :func:`load_store`), and one site slice per hospital
+    (:func:`analysis.reporting.write_site_slices`).
 
     Called by :func:`analysis.batch.render_batch` before any report starts; `items` defaults to
-    what site reports need (:data:`SITE_ITEMS`); `as_of` is the reports' data cut-off (YYYY-MM).
-    `shared_dir` is working space, never published.
+    what site reports need (:data:`SITE_ITEMS`); `as_of` is the reports' data cut-off (YYYY-MM);
+    `plan`: the analysis plan (a :class:`analysis.plan.Plan` or a plan file; None = the default
+    plan). `shared_dir` is working space, never published.
     """
     run = rp.load_run(data_dir, run_key=run_key, as_of=as_of)
-    SharedFits(run).save(shared_dir, items)
+    SharedFits(run, plan=plan).save(shared_dir, items)
     if data_dir is not None and Path(data_dir).is_dir():
         rp.write_site_slices(run, data_dir, shared_dir, as_of=as_of)
 
@@ -612,9 +665,7 @@ def impact_section(run: rp.RunData, shared: SharedFits, site_id: str | None = No
         if site_id is None:
             impact = _need(shared.get("impact"))
         else:
-            model = shared.get("casemix")
-            impact = by_the_numbers(run, site_id=site_id, casemix_model=None if isinstance(
-                model, rp.NotEstimable) else model)
+            impact = by_the_numbers(_need(shared.get("store")), site_id=site_id)
         words = [w for w, s in zip(impact.table["wording"], impact.table["status"]) if s == "ok"]
         if words:
             rp.show(rp.Md("\n".join(f"- {rp.escape_text(w)}" for w in words)))

@@ -1,30 +1,93 @@
-"""The results store: every estimand of the analysis plan, computed once per run.
+"""The results store: every number the reports show, computed once per run from the analysis plan.
 
 :func:`estimate_all` takes a collaborative (:class:`analysis.store.Collaborative` or a report
 run) and an :class:`analysis.plan.Plan` (default :func:`analysis.plan.default_plan`) and returns
-a :class:`ResultsStore`, a tidy table with one row per estimand x scope x specification. Reports,
-notebooks and papers read numbers from it; they compute none of their own. ``ipso estimate``
-writes it as Parquet.
+a :class:`ResultsStore`, one tidy table. Reports, notebooks and papers read every number,
+sentence and caption from it; they compute no estimate of their own. ``ipso estimate`` writes it
+as Parquet (the plan and metadata in the schema).
 
-Columns (:data:`COLUMNS`): ``estimand``, ``level`` (collaborative / site), ``scope``
-(``"collaborative"`` or a site id), ``label``, ``role`` (primary / sensitivity / descriptive),
-``spec``, ``estimator``, ``reason`` (why a non-primary row exists), ``secondary_to``,
-``estimate``, ``lower``, ``upper`` (the (1 - alpha) interval; NaN for descriptive rows),
-``se`` (standard error of log(estimate)), ``p_value`` (test of no change; NaN for descriptive
-rows), ``scale`` (e.g. "risk ratio"), ``unit``, ``per`` (the per-what phrase of the wording),
-``better`` (lower / higher), ``time_point`` (months after go-live; 0 = whole post period),
-``n`` (episodes, or admissions for recognition, used), ``events`` (deaths, compliant episodes,
-... ; NaN for times), ``status`` (``"ok"`` or ``"not estimable"``), ``status_reason`` (why not
-estimable, in words: never a count or a threshold a count could be read from), ``method`` (one
-sentence), ``settings`` (the specification in one
-line), ``alpha``, ``as_of``, ``plan_version``, ``data_hash``. ``note`` holds technical detail
-(e.g. the message of a failed fit) that is not for publication (:meth:`ResultsStore.publishable`
-drops it and suppresses small counts).
+Row convention
+--------------
+Every row belongs to one estimand (``estimand``, ``label``, ``level``), one **scope**
+(``"collaborative"`` or a site id) and the plan specification that produced it (``spec``,
+``role``, ``estimator``, ``reason``). ``component`` says what kind of result the row holds
+(:data:`COMPONENTS`):
+
+``effect``
+    The estimand's effect at its time point: for each estimand x scope exactly one
+    ``role == "primary"`` row (:meth:`ResultsStore.primary`), plus sensitivity rows (each with a
+    one-line ``reason``; a specification with several variants, e.g. leave-one-wave-out or the
+    Rambachan-Roth bounds for each M, has one row per ``variant``) and descriptive rows (crude
+    before/after ratios: ``lower``/``upper``/``se``/``p_value`` are NaN, ``scale`` "crude
+    ratio"). ``estimate`` is a ratio (``se`` of its log); ``time_point`` months after go-live (0:
+    a whole-post-period summary); ``bound_lower``/``bound_upper``: the identified set of a
+    Rambachan-Roth row; ``extrapolated_share``: share of the counterfactual resting on calendar
+    months after the last go-live (imputation estimator).
+``event_time``
+    Event-study points of the collaborative primary imputation estimator: ``time_point`` = event
+    month (leads -12..-1 are placebo estimates before go-live, lags 0..36), ``period`` "lead" /
+    "lag", ``estimate`` observed / imputed counterfactual with its interval, ``n_sites``,
+    ``events`` the observed events at that event month, ``extrapolated_share``.
+``pretrend_test``
+    The joint test that every lead is 1: ``statistic`` F on (``df``, ``n_sites`` - ``df``)
+    degrees of freedom, ``p_value``.
+``oe``
+    Hospital comparison (funnel plot) of risk-adjusted mortality in the stated ``period``
+    ("after go-live"). Site rows: ``quantity`` "O/E relative to the collaborative",
+    ``estimate``/``lower``/``upper`` the hospital's O/E over the collaborative's with its exact
+    95% interval, ``bound_lower``/``bound_upper`` the 99.8% funnel limits in use at its
+    expected deaths ``x``, ``flag`` "high"/"low"/"", ``events`` observed deaths. Collaborative
+    rows, one per ``quantity``: "collaborative O/E" (the funnel's centre), "over-dispersion"
+    (``estimate`` tau^2, ``statistic`` phi, ``p_value`` of the test, ``flag`` "limits widened"
+    or ""), "expected flags by chance" and "hospitals flagged" (``n_sites`` hospitals).
+``curve``
+    Descriptive survival and length-of-stay curves (episodes are clustered in hospitals, so no
+    p-values): ``quantity`` "30-day survival" (Kaplan-Meier, sepsis-attributable), "discharged
+    alive" / "died in hospital" (Aalen-Johansen cumulative incidence, competing events),
+    ``period`` "before go-live" / "after go-live", ``x`` days from T0 on a coarse grid
+    (:data:`CURVE_DAYS`), ``estimate`` with its pointwise 95% band, ``n`` episodes in the period,
+    ``events`` cumulative events by day ``x``. Stored only for a scope and period with at least
+    :data:`MIN_CURVE_EVENTS` events of that kind.
+``model_fit``
+    The case-mix model (baseline episodes): ``quantity`` "c-statistic" (with a Hanley-McNeil
+    interval), "Hosmer-Lemeshow" (``statistic``, ``df``, ``p_value``) and "calibration" (one row
+    per decile of predicted risk: ``x`` mean predicted, ``estimate`` observed, per 100 episodes).
+``summary``
+    Crude values by period behind the descriptive before/after ratio (``period`` "before
+    go-live" / "after go-live", ``estimate`` in ``unit``).
+``counterfactual``
+    The monthly paths of a hospital's own interrupted time series, for its ITS figure (the
+    ``site_its`` specifications with ``params["paths"]``: 30-day mortality, recognition,
+    hospital days): ``quantity`` "observed", "fitted" or "counterfactual" (with its band, after
+    go-live), ``period`` the month, ``x`` months since go-live, ``estimate`` per unit of exposure
+    (per 1,000 admissions, or observed / expected), ``events`` the observed count.
+
+Other columns (:data:`COLUMNS`): ``secondary_to``, ``scale``, ``unit``, ``per`` (the per-what
+phrase of the wording), ``better`` (lower / higher), ``n`` (episodes, or admissions for
+recognition), ``events`` (deaths, compliant episodes, ...; NaN for times), ``status``
+(``"ok"`` or ``"not estimable"``), ``status_reason`` (in words: never a count or a threshold a
+count could be read from), ``method`` (one sentence naming the estimator), ``settings`` (the
+specification in one line), ``alpha``, ``as_of``, ``plan_version``, ``data_hash``; ``note``
+holds technical detail that is not for publication.
+
+Privacy. The store is internal (it holds site ids and exact counts). :meth:`ResultsStore.
+publishable` is what may leave the analysis: notes dropped; counts from 1 to ``min_cell - 1``
+suppressed (and a site-level count column of a result when any site's is small, so that none
+can be had by subtraction); a month's observed value blanked when its count is small; the exact interval of a hospital's O/E blanked when its deaths are
+small (it would reveal them), expected deaths rounded to 5 and O/E to 2 decimals (as the funnel
+plot draws them); curve points kept only where the cumulative events, the episodes without
+the event, and the events since the previous kept point are each 0 or at least ``min_cell``
+(so that no individual event can be read from a step of a curve at a small hospital); crude
+values blanked where the counts behind them are small. Nothing patient-level is ever stored.
 
 Estimators (:data:`ESTIMATORS`): a function ``f(ctx, estimand, spec, scopes) -> {scope:
-Estimate}``; adding one is the function plus one line in the registry. Shared intermediate
-results (derived and cut episodes, expected-value models, site-month series, per-site fits) are
-cached in the :class:`EstimationContext` so each is computed once.
+Estimate or [Estimate, ...]}``; adding one is the function plus one line in the registry
+(:func:`register_estimator`). An :class:`Estimate` with ``component != "effect"`` is a
+supporting row. Shared intermediate results (derived and cut episodes, expected-value models,
+site-month series, per-site and staggered fits) are cached in the :class:`EstimationContext`
+so each is computed once. Estimators of the imputation estimator and its sensitivity analyses
+live in :mod:`analysis.results_staggered`, those of the supporting results (funnel, curves,
+case-mix model) in :mod:`analysis.results_supporting`.
 """
 
 from __future__ import annotations
@@ -44,16 +107,26 @@ from scipy import stats
 
 from .plan import VARIABLES, Estimand, Plan, Specification, default_plan
 
-__all__ = ["COLUMNS", "ESTIMATORS", "Estimate", "EstimationContext", "ResultsStore",
-           "estimate_all", "register_estimator"]
+__all__ = ["COLUMNS", "COMPONENTS", "CURVE_DAYS", "ESTIMATORS", "MIN_CURVE_EVENTS", "RESULTS_FILE",
+           "Estimate", "EstimationContext", "ResultsStore", "estimate_all", "load_store",
+           "register_estimator"]
 
 #: Columns of the store, in order.
 COLUMNS: tuple[str, ...] = (
-    "estimand", "level", "scope", "label", "role", "spec", "estimator", "reason", "secondary_to",
-    "estimate", "lower", "upper", "se", "p_value", "scale", "unit", "per", "better", "time_point",
-    "n", "events", "status", "status_reason", "method", "settings", "alpha", "as_of",
-    "plan_version", "data_hash", "note",
+    "estimand", "level", "scope", "component", "label", "role", "spec", "variant", "estimator",
+    "reason", "secondary_to", "quantity", "period", "x", "estimate", "lower", "upper", "se",
+    "p_value", "statistic", "df", "bound_lower", "bound_upper", "flag", "scale", "unit", "per",
+    "better", "time_point", "n", "events", "n_sites", "extrapolated_share", "status",
+    "status_reason", "method", "settings", "alpha", "as_of", "plan_version", "data_hash", "note",
 )
+#: What a row holds (see the module docstring).
+COMPONENTS: tuple[str, ...] = ("effect", "event_time", "pretrend_test", "oe", "curve",
+                               "model_fit", "summary", "counterfactual")
+_FLOAT_COLUMNS = ("x", "estimate", "lower", "upper", "se", "p_value", "statistic", "df",
+                  "bound_lower", "bound_upper", "n", "events", "n_sites", "extrapolated_share",
+                  "alpha")
+_TEXT_COLUMNS = ("variant", "quantity", "period", "flag", "scale", "status_reason", "method",
+                 "settings", "note", "reason", "secondary_to", "as_of")
 #: Smallest number of events (deaths, compliant episodes, ...) before go-live and after the
 #: phase-in (each), and in all, for a count model; and smallest number of months before go-live
 #: and after the phase-in, at one site.
@@ -61,12 +134,22 @@ MIN_EVENTS_EACH_PERIOD = 5
 MIN_EVENTS = 10
 MIN_MONTHS_PRE = 6
 MIN_MONTHS_POST = 3
+#: Days from T0 at which survival and length-of-stay curves are stored (a coarse grid: a step of
+#: a curve between two grid days pools every event in between).
+CURVE_DAYS: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 14.0, 21.0, 30.0)
+#: A curve is stored for a scope and period only with at least this many events of its kind.
+MIN_CURVE_EVENTS = 20
 COLLABORATIVE = "collaborative"
+#: File name of the store in a batch run's shared folder.
+RESULTS_FILE = "results.parquet"
 
 
 @dataclass
 class Estimate:
-    """What an estimator returns for one scope (ratios on the natural scale, ``se`` on log)."""
+    """What an estimator returns for one scope: an effect row (``component="effect"``: ratios
+    on the natural scale, ``se`` of the log) or a supporting row (see the module docstring for
+    the fields each component uses). Fields left None take the estimand's / specification's
+    value (``scale``, ``time_point``)."""
 
     estimate: float = math.nan
     lower: float = math.nan
@@ -79,9 +162,23 @@ class Estimate:
     status_reason: str = ""
     method: str = ""
     note: str = ""
+    component: str = "effect"
+    variant: str = ""
+    quantity: str = ""
+    period: str = ""
+    x: float = math.nan
+    statistic: float = math.nan
+    df: float = math.nan
+    bound_lower: float = math.nan
+    bound_upper: float = math.nan
+    flag: str = ""
+    n_sites: float = math.nan
+    extrapolated_share: float = math.nan
+    scale: str | None = None
+    time_point: int | None = None
 
     @classmethod
-    def not_estimable(cls, reason: str, method: str = "", note: str = "", **counts: float) -> Estimate:
+    def not_estimable(cls, reason: str, method: str = "", note: str = "", **counts: Any) -> Estimate:
         return cls(status="not estimable", status_reason=reason, method=method, note=note, **counts)
 
 
@@ -183,17 +280,19 @@ class EstimationContext:
         out[s.index.to_numpy()[keep]] = s.to_numpy()[keep]
         return out
 
-    def expected(self, variable: str, casemix: tuple[str, ...]) -> pd.Series:
-        """Expected value of `variable` per episode under baseline care for its case mix."""
+    def expected_model(self, variable: str, casemix: tuple[str, ...]) -> Any:
+        """The baseline expected-value model of `variable` (:func:`analysis.expected.
+        fit_expected_model`), fitted once per variable and case mix."""
         from .expected import fit_expected_model
 
         var = VARIABLES[variable]
+        return self._cached(("expected_model", variable, tuple(casemix)), lambda: fit_expected_model(
+            self.episodes, var.column, var.kind, covariates=casemix, known=var.known))
 
-        def fit() -> pd.Series:
-            model = fit_expected_model(self.episodes, var.column, var.kind, covariates=casemix,
-                                       known=var.known)
-            return model.predict(self.episodes)
-        return self._cached(("expected", variable, tuple(casemix)), fit)
+    def expected(self, variable: str, casemix: tuple[str, ...]) -> pd.Series:
+        """Expected value of `variable` per episode under baseline care for its case mix."""
+        return self._cached(("expected", variable, tuple(casemix)),
+                            lambda: self.expected_model(variable, casemix).predict(self.episodes))
 
     def series(self, est: Estimand, spec: Specification) -> tuple[pd.DataFrame, str, str | None, str]:
         """(site-month frame, outcome column, exposure column or None, family) of `est` under
@@ -411,77 +510,250 @@ def _site_fits(ctx: EstimationContext, est: Estimand, spec: Specification) -> di
             df = fit.diagnostics.df_resid if fam != "poisson" else None
             out[str(site)] = _ratio_estimate(log_est, se, ctx.alpha, spec.interval, df, n=n,
                                              events=events, method=method)
+            paths[str(site)] = fit.counterfactual
         return out
-    return ctx._cached(key, run)
+    paths: dict[str, pd.DataFrame] = {}
+    fits = ctx._cached(key, run)
+    if paths:
+        ctx.cache[("site_paths", *key)] = paths
+    return fits
+
+
+def _path_rows(ctx: EstimationContext, est: Estimand, spec: Specification, site: str,
+               method: str) -> list[Estimate]:
+    """The monthly paths of a hospital's own ITS (component ``counterfactual``): observed,
+    fitted and counterfactual (with its band) per unit of exposure (x 1,000 for recognition;
+    observed / expected for case-mix offsets; the value itself for log medians), ``x`` = months
+    since go-live, ``period`` the month, ``events`` the observed count (for suppression)."""
+    key = ("site_paths", est.id, est.variable, spec.standardisation, tuple(spec.casemix),
+           spec.transition, spec.slope_change, spec.covariance, spec.interval, spec.time_point,
+           spec.family, spec.seasonality, ctx.alpha)
+    cf = ctx.cache.get(key, {}).get(site)
+    if cf is None:
+        return []
+    frame = ctx.series(est, spec)[0]
+    go = frame.loc[frame["site_id"] == site, "go_live_month"].iloc[0]
+    months = pd.to_datetime(cf["time"])
+    since = (months.dt.year - go.year) * 12 + (months.dt.month - go.month)
+    per = 1000.0 if VARIABLES[est.variable].kind == "rate" else 1.0
+    denom = cf["exposure"].to_numpy(float) / per if "exposure" in cf else np.ones(len(cf))
+    count = VARIABLES[est.variable].kind not in ("median_time",)
+    rows: list[Estimate] = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(len(cf)):
+            common = {"method": method, "component": "counterfactual", "x": float(since.iloc[i]),
+                      "period": f"{months.iloc[i]:%Y-%m}", "time_point": int(since.iloc[i]),
+                      "scale": "per 1,000 admissions" if per == 1000.0 else (
+                          "observed / expected" if "exposure" in cf else "log median ratio")}
+            obs = float(cf["observed"].iloc[i])
+            rows.append(Estimate(obs / denom[i], events=obs if count else math.nan,
+                                 quantity="observed", **common))
+            rows.append(Estimate(float(cf["fitted"].iloc[i]) / denom[i], quantity="fitted", **common))
+            if bool(cf["post"].iloc[i]):
+                rows.append(Estimate(float(cf["counterfactual"].iloc[i]) / denom[i],
+                                     float(cf["counterfactual_low"].iloc[i]) / denom[i],
+                                     float(cf["counterfactual_high"].iloc[i]) / denom[i],
+                                     quantity="counterfactual", **common))
+    return [r for r in rows if np.isfinite(r.estimate)]
 
 
 @register_estimator("site_its")
 def site_its(ctx: EstimationContext, est: Estimand, spec: Specification,
              scopes: Sequence[str]) -> dict[str, Estimate]:
-    """One hospital's own segmented regression (no borrowing from other hospitals)."""
+    """One hospital's own segmented regression (no borrowing from other hospitals); with
+    ``params["paths"]`` also its monthly observed, fitted and counterfactual values (component
+    ``counterfactual``, for the hospital's ITS figure)."""
     fits = _site_fits(ctx, est, spec)
-    return {s: fits.get(s, Estimate.not_estimable("no data for this hospital")) for s in scopes}
-
-
-def blup(yi: np.ndarray, vi: np.ndarray, *, alpha: float = 0.05) -> pd.DataFrame:
-    """Empirical-Bayes (BLUP) estimates of study effects under the random-effects model
-    ``y_i ~ N(theta_i, v_i)``, ``theta_i ~ N(mu, tau2)`` with REML tau2 (Raudenbush & Bryk 2002;
-    metafor ``blup()``): ``theta_i = mu + lambda_i (y_i - mu)``, ``lambda_i = tau2 / (tau2 +
-    v_i)``, ``Var = lambda_i v_i + (1 - lambda_i)^2 Var(mu)``. Columns: estimate, se, lower,
-    upper, shrinkage (1 - lambda_i), plus attributes mu, mu_se, tau2 in ``.attrs``."""
-    from .pooling import random_effects
-
-    yi, vi = np.asarray(yi, float), np.asarray(vi, float)
-    pooled = random_effects(yi, np.sqrt(vi), method="reml", alpha=alpha)
-    mu, vb, tau2 = pooled.estimate, pooled.se ** 2, pooled.tau2
-    lam = tau2 / (tau2 + vi)
-    theta = mu + lam * (yi - mu)
-    se = np.sqrt(lam * vi + (1 - lam) ** 2 * vb)
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    out = pd.DataFrame({"estimate": theta, "se": se, "lower": theta - z * se,
-                        "upper": theta + z * se, "shrinkage": 1 - lam})
-    out.attrs.update(mu=mu, mu_se=pooled.se, tau2=tau2)
+    out: dict[str, Estimate | list[Estimate]] = {}
+    for s in scopes:
+        e = fits.get(s, Estimate.not_estimable("no data for this hospital"))
+        out[s] = [e, *_path_rows(ctx, est, spec, s, e.method)] if spec.params.get("paths") else e
     return out
+
+
+def _site_level_changes(ctx: EstimationContext, est: Estimand,
+                        spec: Specification) -> tuple[dict[str, Estimate], pd.DataFrame]:
+    """Each hospital's own level change against the collaborative's common trend: one Poisson
+    (quasi-likelihood) model of every hospital's site-months, offset = the estimand's exposure
+    (case-mix-expected events), hospital intercepts, one calendar trend and ``seasonality``
+    Fourier pairs shared by all hospitals, and one after-go-live indicator per hospital (months
+    from the end of the phase-in on; phase-in months left out). The hospital's coefficient is its
+    own effect (log ratio, constant after the phase-in); its variance is the model-based one
+    times the Pearson dispersion. Only the hospital's intercept is its own, so the estimate does
+    not extrapolate a trend of the hospital's own (unlike ``site_its``): far more precise with
+    few events, under the assumption that the hospitals share the secular trend.
+
+    Returns the estimates and the covariance of the log effects of the hospitals that have one
+    (a frame indexed and labelled by site id): they are correlated through the shared trend."""
+    key = ("site_level_changes", est.variable, spec.standardisation, tuple(spec.casemix),
+           spec.transition, spec.seasonality, ctx.alpha)
+
+    def run() -> tuple[dict[str, Estimate], pd.DataFrame]:
+        from .its import _fourier, _irls
+
+        frame, y, x, family = ctx.series(est, spec)
+        if family != "poisson" or x is None:
+            raise ValueError("a common-trend level change needs a count outcome with an exposure")
+        method = (f"This hospital's level change after a {spec.transition}-month phase-in against "
+                  "a calendar trend and seasonality shared by all hospitals (one Poisson "
+                  "quasi-likelihood model of every hospital, hospital intercepts; "
+                  f"{est.scale}).")
+        m = frame["months_since_go_live"]
+        d = frame[(frame[x] > 0) & ~((m >= 0) & (m < spec.transition))].reset_index(drop=True)
+        post = (d["months_since_go_live"] >= spec.transition).to_numpy()
+        sites = pd.Index(sorted(d["site_id"].astype(str).unique()))
+        code = sites.get_indexer(d["site_id"].astype(str))
+        out: dict[str, Estimate] = {}
+        ev_pre = np.bincount(code, weights=d[y].to_numpy(float) * ~post, minlength=len(sites))
+        ev_post = np.bincount(code, weights=d[y].to_numpy(float) * post, minlength=len(sites))
+        ok = (ev_pre >= MIN_EVENTS_EACH_PERIOD) & (ev_post >= MIN_EVENTS_EACH_PERIOD) & (
+            ev_pre + ev_post >= MIN_EVENTS)
+        n_all = frame.groupby(frame["site_id"].astype(str))["_n"].sum()
+        ev_all = frame.groupby(frame["site_id"].astype(str))[y].sum()
+        for i, s in enumerate(sites):
+            if not ok[i]:
+                out[s] = Estimate.not_estimable(_min_events_reason(est), method,
+                                                n=float(n_all.get(s, 0)), events=float(ev_all.get(s, 0)))
+        keep = ok[code]
+        d, post, code = d[keep].reset_index(drop=True), post[keep], code[keep]
+        fit_sites = np.flatnonzero(ok)
+        if len(fit_sites) < 2:
+            for i in fit_sites:
+                out[sites[i]] = Estimate.not_estimable("too few hospitals can be estimated", method)
+            return out, pd.DataFrame()
+        remap = -np.ones(len(sites), dtype=int)
+        remap[fit_sites] = np.arange(len(fit_sites))
+        c = remap[code]
+        G = len(fit_sites)
+        t = (d["month"].dt.year * 12 + d["month"].dt.month).to_numpy(float)
+        tc = (t - t.mean()) / 12.0
+        X = np.zeros((len(d), 2 * G))
+        X[np.arange(len(d)), c] = 1.0
+        X[np.arange(len(d)), G + c] = post.astype(float)
+        four = _fourier(d["month"].dt.month.to_numpy(float), spec.seasonality)
+        X = np.column_stack([X, tc, *four.values()])
+        yv = d[y].to_numpy(float)
+        fit = _irls(yv, X, np.log(d[x].to_numpy(float)), "poisson", None)
+        phi = max(float(np.sum(fit["pearson"] ** 2)) / max(len(d) - X.shape[1], 1), 1.0)
+        cov = fit["bread"] * phi
+        for j, i in enumerate(fit_sites):
+            b, se = float(fit["beta"][G + j]), float(np.sqrt(cov[G + j, G + j]))
+            s = sites[i]
+            out[s] = _ratio_estimate(b, se, ctx.alpha, "z", None, n=float(n_all.get(s, 0)),
+                                     events=float(ev_all.get(s, 0)), method=method,
+                                     note=f"dispersion={phi:.3g}")
+        labels = [str(sites[i]) for i in fit_sites]
+        vcov = pd.DataFrame(cov[G:2 * G, G:2 * G], index=labels, columns=labels)
+        return out, vcov
+    return ctx._cached(key, run)
+
+
+def _expected_by_period(ctx: EstimationContext, est: Estimand,
+                        spec: Specification) -> tuple[pd.Series, pd.Series]:
+    """Expected events (case-mix offset; observed events when not standardised) per site before
+    go-live and from go-live on: what the too-little-information rule looks at."""
+    frame, y, x, _ = ctx.series(est, spec)
+    col = x if (x is not None and spec.standardisation == "casemix") else y
+    pre = frame["months_since_go_live"] < 0
+    by = frame.groupby("site_id")[col]
+    before = frame[pre].groupby("site_id")[col].sum().reindex(by.sum().index, fill_value=0.0)
+    after = frame[~pre].groupby("site_id")[col].sum().reindex(by.sum().index, fill_value=0.0)
+    return before.rename(index=str), after.rename(index=str)
+
+
+def _too_few_reason(est: Estimand) -> str:
+    what = {"sam30": "deaths", "sam3": "deaths"}.get(est.variable, "events")
+    return f"too few {what} to estimate this hospital's own effect"
 
 
 @register_estimator("site_eb")
 def site_eb(ctx: EstimationContext, est: Estimand, spec: Specification,
-            scopes: Sequence[str], shrink: Callable[..., pd.DataFrame] = blup) -> dict[str, Estimate]:
-    """Each hospital's effect shrunk toward the collaborative mean (empirical Bayes / BLUP):
-    its own segmented-regression estimate (as ``site_its``) weighted against the REML mean of
-    every hospital's estimate, by how precise it is relative to the spread between hospitals.
+            scopes: Sequence[str], shrink: Callable[..., Any] | None = None) -> dict[str, Estimate]:
+    """Each hospital's effect partially pooled toward the collaborative mean (empirical Bayes,
+    :func:`analysis.pooling.empirical_bayes`): its own segmented-regression estimate (as
+    ``site_its``) weighted against the mean of every hospital's, by its precision relative to
+    the spread between hospitals, with an interval that integrates the uncertainty in that
+    spread (posterior over tau^2; ``params["prior"]``: ``"uniform_tau2"`` or
+    ``"uniform_tau"``; ``params["interval"]``: ``"posterior"`` or ``"plugin"``).
 
-    `shrink(yi, vi, *, alpha)` takes log effects and variances and returns a frame with columns
-    ``estimate``, ``se``, ``lower``, ``upper`` (log scale), ``shrinkage`` and ``attrs["tau2"]``
-    (default :func:`blup`). Another shrinkage function (e.g. one whose intervals carry the
-    uncertainty of tau2) is one registry line:
+    Too-little-information rule (:data:`analysis.pooling.TOO_LITTLE_INFORMATION_RULE`,
+    ``params["min_expected_events"]``, default :data:`analysis.pooling.MIN_EXPECTED_EVENTS`):
+    a hospital with fewer expected events (case-mix model) before go-live, or from go-live on,
+    gets no own effect: status "not estimable", reason "too few deaths to estimate this
+    hospital's own effect" (the collaborative effect and how the hospital compares with the
+    others, the ``oe`` rows, are what its report shows). ``params["fit_set"]``:
+    ``"estimable"`` (only hospitals that pass the rule inform the mean and tau^2) or ``"all"``
+    (every hospital with an own estimate does; only those passing the rule are reported).
+
+    `shrink` (default :func:`analysis.pooling.empirical_bayes`) takes ``(yi, vi, labels, *,
+    alpha, prior, interval, prior_scale[, vcov])`` and returns an :class:`analysis.pooling.
+    EmpiricalBayesResult`; another shrinkage method is one registry line:
     ``ESTIMATORS["site_eb"] = functools.partial(site_eb, shrink=that_function)``."""
-    own = _site_fits(ctx, est, spec)
-    ok = {s: e for s, e in own.items() if e.status == "ok"}
-    method = ("This hospital's own segmented regression (as the site_its specification), shrunk "
-              "toward the mean of all hospitals (empirical Bayes, REML between-hospital variance); "
-              f"effect {spec.time_point} months after go-live ({est.scale}).")
-    if len(ok) < 3:
-        return {s: Estimate.not_estimable("too few hospitals can be estimated to shrink toward "
-                                          "their mean", method) for s in scopes}
-    labels = sorted(ok)
-    yi = np.array([math.log(ok[s].estimate) for s in labels])
-    vi = np.array([ok[s].se ** 2 for s in labels])
-    table = shrink(yi, vi, alpha=ctx.alpha)
-    tau2 = float(table.attrs.get("tau2", math.nan))
-    out = {}
+    from .pooling import MIN_EXPECTED_EVENTS, empirical_bayes
+
+    shrink = shrink or empirical_bayes
+    own_kind = str(spec.params.get("own_estimate", "own_its"))
+    if own_kind not in ("own_its", "common_trend"):
+        raise ValueError(f"own_estimate must be 'own_its' or 'common_trend', got {own_kind!r}")
+    vcov = None
+    if own_kind == "common_trend":
+        own, vcov = _site_level_changes(ctx, est, spec)
+    else:
+        own = _site_fits(ctx, est, spec)
+    prior = str(spec.params.get("prior", "uniform_tau2"))
+    interval = str(spec.params.get("interval", "posterior"))
+    min_exp = float(spec.params.get("min_expected_events", MIN_EXPECTED_EVENTS))
+    fit_set = str(spec.params.get("fit_set", "estimable"))
+    before, after = _expected_by_period(ctx, est, spec)
+    what = "expected deaths" if est.variable in ("sam30", "sam3") else "expected events"
+    own_text = ("This hospital's level change against the calendar trend shared by all "
+                "hospitals" if own_kind == "common_trend" else
+                "This hospital's own segmented regression (as the site_its specification)")
+    method = (f"{own_text}, "
+              "partially pooled toward the mean of all hospitals (empirical Bayes: posterior over "
+              f"the between-hospital variance, flat prior on {'tau' if prior == 'uniform_tau' else 'tau²'}"
+              f", {interval} interval); effect {spec.time_point} months after go-live "
+              f"({est.scale}); a hospital's own effect is estimated only with at least "
+              f"{min_exp:g} {what} before go-live and from go-live on.")
+    labels = sorted(s for s, e in own.items() if e.status == "ok")
+    passes = {s: bool(before.get(s, 0.0) >= min_exp and after.get(s, 0.0) >= min_exp)
+              for s in own}
+    fit_labels = labels if fit_set == "all" else [s for s in labels if passes[s]]
+    out: dict[str, Estimate] = {}
+    res = None
+    if len(fit_labels) >= 4:
+        yi = np.array([math.log(own[s].estimate) for s in fit_labels])
+        vi = np.array([own[s].se ** 2 for s in fit_labels])
+        kw: dict[str, Any] = {"prior": prior, "interval": interval,
+                              "prior_scale": float(spec.params.get("prior_scale", 0.5))}
+        if vcov is not None:
+            kw["vcov"] = vcov.loc[fit_labels, fit_labels].to_numpy()
+        try:
+            res = shrink(yi, vi, fit_labels, alpha=ctx.alpha, **kw)
+        except ValueError:
+            res = None
     for s in scopes:
-        if s not in ok:
-            base = own.get(s)
-            reason = base.status_reason if base is not None else "no data for this hospital"
-            out[s] = Estimate.not_estimable(reason, method, n=getattr(base, "n", math.nan),
-                                            events=getattr(base, "events", math.nan))
-            continue
-        r = table.iloc[labels.index(s)]
-        se = float(r["se"])
-        out[s] = Estimate(math.exp(r["estimate"]), math.exp(r["lower"]), math.exp(r["upper"]), se,
-                          _p(float(r["estimate"]), se, "z", None), ok[s].n, ok[s].events,
-                          method=method, note=f"tau2={tau2:.4g}; shrinkage={float(r['shrinkage']):.3f}")
+        base = own.get(s)
+        counts = {"n": getattr(base, "n", math.nan), "events": getattr(base, "events", math.nan)}
+        if base is None:
+            out[s] = Estimate.not_estimable("no data for this hospital", method)
+        elif not passes.get(s, False):
+            out[s] = Estimate.not_estimable(_too_few_reason(est), method, **counts)
+        elif base.status != "ok":
+            out[s] = Estimate.not_estimable(base.status_reason, method, note=base.note, **counts)
+        elif res is None:
+            out[s] = Estimate.not_estimable("too few hospitals can be estimated to pool toward "
+                                            "their mean", method, **counts)
+        else:
+            r = res.site(s)
+            if r["status"] != "ok":
+                out[s] = Estimate.not_estimable(_too_few_reason(est), method, **counts)
+                continue
+            se = float(r["se"])
+            out[s] = Estimate(math.exp(r["estimate"]), math.exp(r["lower"]), math.exp(r["upper"]),
+                              se, _p(float(r["estimate"]), se, "z", None), method=method,
+                              note=f"tau2={res.tau2:.4g}; shrinkage={float(r['shrinkage']):.3f}; "
+                                   f"k={len(fit_labels)}", **counts)
     return out
 
 
@@ -509,12 +781,13 @@ def site_pooled(ctx: EstimationContext, est: Estimand, spec: Specification,
 
 @register_estimator("crude")
 def crude(ctx: EstimationContext, est: Estimand, spec: Specification,
-          scopes: Sequence[str]) -> dict[str, Estimate]:
+          scopes: Sequence[str]) -> dict[str, list[Estimate]]:
     """Descriptive before/after ratio (all months from go-live on vs before): no adjustment and
-    no inferential claim (no interval, no p-value)."""
+    no inferential claim (no interval, no p-value); with the crude value of each period
+    (component ``summary``, in the estimand's unit)."""
     var = VARIABLES[est.variable]
     ep = ctx.episodes
-    out = {}
+    out: dict[str, list[Estimate]] = {}
     for scope in scopes:
         sub = ep if scope == COLLABORATIVE else ep[ep["site_id"] == scope]
         post = sub["months_since_go_live"] >= 0
@@ -524,14 +797,16 @@ def crude(ctx: EstimationContext, est: Estimand, spec: Specification,
             fp = f["months_since_go_live"] >= 0
             num = (f.loc[~fp, "episodes"].sum(), f.loc[fp, "episodes"].sum())
             den = (f.loc[~fp, "admissions"].sum(), f.loc[fp, "admissions"].sum())
+            counts = [(float(den[i]), float(num[i])) for i in (0, 1)]
             n, events = float(f["admissions"].sum()), float(f["episodes"].sum())
-            what = "episodes per 1,000 admissions"
+            what, per = "episodes per 1,000 admissions", 1000.0
         elif var.kind == "median_time":
             x = sub[var.column]
             pre_m, post_m = x[~post].median(), x[post].median()
             num, den = (pre_m, post_m), (1.0, 1.0)
+            counts = [(float(x[~post].notna().sum()), math.nan), (float(x[post].notna().sum()), math.nan)]
             n, events = float(x.notna().sum()), math.nan
-            what = "median minutes among treated episodes"
+            what, per = "median minutes among treated episodes", 1.0
         else:
             known = sub[var.known].astype(bool) if var.known else pd.Series(True, index=sub.index)
             val = sub[var.column].where(known).astype(float)
@@ -539,7 +814,10 @@ def crude(ctx: EstimationContext, est: Estimand, spec: Specification,
             den = (float((known & ~post).sum()), float((known & post).sum()))
             n = float(known.sum())
             events = float(val.sum()) if var.kind == "probability" else math.nan
+            counts = [(den[i], float(num[i]) if var.kind == "probability" else math.nan)
+                      for i in (0, 1)]
             what = {"probability": "proportion of episodes", "mean": "mean per episode"}[var.kind]
+            per = 100.0 if var.kind == "probability" else 1.0
         method = (f"Descriptive: {what} from go-live on over before go-live"
                   f"{' at this hospital' if scope != COLLABORATIVE else ', all hospitals pooled'}; "
                   "no adjustment for trend, case mix or recognition expansion, and no interval "
@@ -547,10 +825,21 @@ def crude(ctx: EstimationContext, est: Estimand, spec: Specification,
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = (num[1] / den[1]) / (num[0] / den[0]) if min(den) > 0 and num[0] > 0 else math.nan
         if not np.isfinite(ratio) or ratio <= 0:
-            out[scope] = Estimate.not_estimable("no data before or after go-live", method, n=n,
-                                                events=events)
+            rows = [Estimate.not_estimable("no data before or after go-live", method, n=n,
+                                           events=events)]
         else:
-            out[scope] = Estimate(float(ratio), n=n, events=events, method=method)
+            rows = [Estimate(float(ratio), n=n, events=events, method=method)]
+        for i, period in enumerate(("before go-live", "after go-live")):
+            value = per * num[i] / den[i] if den[i] > 0 else math.nan
+            rows.append(Estimate(float(value), n=counts[i][0], events=counts[i][1],
+                                 method=f"Crude {what} {period}"
+                                        f"{' at this hospital' if scope != COLLABORATIVE else ', all hospitals pooled'}.",
+                                 component="summary", quantity="crude value", period=period,
+                                 scale=est.unit, time_point=0,
+                                 status="ok" if np.isfinite(value) else "not estimable",
+                                 status_reason="" if np.isfinite(value) else
+                                 f"no episodes {period}"))
+        out[scope] = rows
     return out
 
 
@@ -588,7 +877,8 @@ def cox_calendar(ctx: EstimationContext, est: Estimand, spec: Specification,
 # ---------------------------------------------------------------------------------------------
 # the store
 class ResultsStore:
-    """The tidy results table of one run (:data:`COLUMNS`) with its plan and metadata.
+    """The tidy results table of one run (:data:`COLUMNS`, rows as the module docstring
+    describes) with its plan and metadata.
 
     ``frame``: the table; ``plan``: the :class:`analysis.plan.Plan` used; ``meta``: plan
     version, data hash, as_of, alpha, seconds, ipso-analysis version.
@@ -609,20 +899,24 @@ class ResultsStore:
         return (f"ResultsStore({len(self.frame)} rows, {self.frame['estimand'].nunique()} "
                 f"estimands, {self.frame['scope'].nunique()} scopes, plan {self.meta.get('plan_version')})")
 
+    # -- look-up -------------------------------------------------------------------------------
     def rows(self, estimand: str | Iterable[str] | None = None, scope: str | None = None, *,
-             role: str | None = None, spec: str | None = None, level: str | None = None) -> pd.DataFrame:
-        """Rows filtered by estimand (one or several), scope, role, spec and level."""
+             role: str | None = None, spec: str | None = None, level: str | None = None,
+             component: str | None = "effect", quantity: str | None = None) -> pd.DataFrame:
+        """Rows filtered by estimand (one or several), scope, role, spec, level, component
+        (default ``"effect"``; None for every component) and quantity."""
         f = self.frame
         mask = pd.Series(True, index=f.index)
         if estimand is not None:
             mask &= f["estimand"].isin([estimand] if isinstance(estimand, str) else list(estimand))
-        for col, val in (("scope", scope), ("role", role), ("spec", spec), ("level", level)):
+        for col, val in (("scope", scope), ("role", role), ("spec", spec), ("level", level),
+                         ("component", component), ("quantity", quantity)):
             if val is not None:
                 mask &= f[col] == val
         return f[mask]
 
     def primary(self, estimand: str, scope: str = COLLABORATIVE) -> pd.Series:
-        """The primary row of `estimand` for `scope` (``"collaborative"`` or a site id)."""
+        """The primary effect row of `estimand` for `scope` (``"collaborative"`` or a site id)."""
         r = self.rows(estimand, scope, role="primary")
         if len(r) != 1:
             raise KeyError(f"no single primary row for estimand {estimand!r}, scope {scope!r} "
@@ -630,24 +924,118 @@ class ResultsStore:
         return r.iloc[0]
 
     def summary(self, scope: str = COLLABORATIVE) -> pd.DataFrame:
-        """The primary rows of one scope (estimand, label, estimate, interval, per, status)."""
+        """The primary effect rows of one scope (estimand, label, estimate, interval, per, status)."""
         cols = ["estimand", "label", "estimate", "lower", "upper", "p_value", "scale", "per",
                 "status", "status_reason"]
         return self.rows(scope=scope, role="primary")[cols].reset_index(drop=True)
 
-    def publishable(self, min_cell: int = 11) -> pd.DataFrame:
-        """The table safe to publish: technical notes dropped and counts from 1 to
-        ``min_cell - 1`` (and the site-level ``n`` and ``events``, from which other counts could
-        be subtracted, when any site's is small) suppressed as NaN."""
-        f = self.frame.drop(columns=["note"]).copy()
-        for col in ("n", "events"):
-            small = (f[col] > 0) & (f[col] < min_cell)
-            f.loc[small, col] = np.nan
-            site_small = small & (f["level"] == "site")
-            for est in f.loc[site_small, "estimand"].unique():
-                f.loc[(f["estimand"] == est) & (f["level"] == "site"), col] = np.nan
-        return f
+    def event_study(self, estimand: str, scope: str = COLLABORATIVE) -> pd.DataFrame:
+        """Event-study points (leads and lags) of `estimand`'s primary specification, by event
+        month (``time_point``)."""
+        return self.rows(estimand, scope, component="event_time").sort_values("time_point")
 
+    def pretrend_test(self, estimand: str, scope: str = COLLABORATIVE) -> pd.Series | None:
+        """The pre-trend test row of `estimand`'s primary fit, or None."""
+        r = self.rows(estimand, scope, component="pretrend_test")
+        return r.iloc[0] if len(r) else None
+
+    def curves(self, estimand: str, scope: str = COLLABORATIVE) -> pd.DataFrame:
+        """Curve points (quantity, period, day ``x``, estimate, band) of one scope."""
+        return self.rows(estimand, scope, component="curve").sort_values(["quantity", "period", "x"])
+
+    def funnel(self, estimand: str = "sam30") -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(site rows, collaborative rows) of the hospital comparison of `estimand`."""
+        f = self.rows(estimand, component="oe")
+        return f[f["level"] == "site"], f[f["level"] == COLLABORATIVE]
+
+    def funnel_plot_data(self, estimand: str = "sam30", labels: dict | None = None,
+                         x_step: float | None = 5.0):
+        """A drawable :class:`analysis.riskadj.FunnelPlotData` from the ``oe`` rows: each
+        hospital's O/E (relative O/E times the collaborative's), its expected deaths rounded to
+        `x_step`, its flag; `labels` maps site ids to what is shown (pseudonyms; required for every
+        hospital, so real ids are never drawn by accident)."""
+        from .riskadj import FunnelPlotData
+
+        sites, coll = self.funnel(estimand)
+        if sites.empty or coll.empty:
+            raise ValueError(f"the store holds no hospital comparison of {estimand!r}")
+        q = coll.set_index("quantity")
+        target = float(q.loc["collaborative O/E", "estimate"])
+        od = q.loc["over-dispersion"]
+        ids = sites["scope"].astype(str)
+        if labels is None:
+            raise ValueError("labels (site id -> label shown) are required")
+        missing = sorted(set(ids) - set(map(str, labels)))
+        if missing:
+            raise ValueError(f"no label supplied for {len(missing)} hospital(s)")
+        x = sites["x"].to_numpy(float)
+        if x_step is not None:
+            x = np.maximum(np.round(x / x_step) * x_step, x_step)
+        pts = pd.DataFrame({"label": ids.map({str(k): v for k, v in labels.items()}).to_numpy(),
+                            "ratio": np.round(sites["estimate"].to_numpy(float) * target, 2),
+                            "x": x, "flag": sites["flag"].to_numpy()})
+        settings = dict(kv.split("=", 1) for kv in str(od["settings"]).split("; ") if "=" in kv)
+        return FunnelPlotData(points=pts, target=target, adjusted=od["flag"] == "limits widened",
+                              tau2=float(od["estimate"]), phi=float(od["statistic"]),
+                              scale=settings.get("scale", "sqrt"),
+                              od_model=settings.get("od_model", "additive"), x_step=x_step,
+                              period=str(od["period"]) or None)
+
+    def model_fit(self, estimand: str = "sam30") -> pd.DataFrame:
+        """The case-mix model's c-statistic, Hosmer-Lemeshow test and calibration rows."""
+        return self.rows(estimand, component="model_fit")
+
+    def for_scope(self, scope: str) -> ResultsStore:
+        """The rows a report for `scope` needs: its own rows, the collaborative rows and every
+        hospital's comparison (``oe``) rows (drawn under pseudonyms in a funnel plot)."""
+        f = self.frame
+        keep = (f["scope"] == scope) | (f["scope"] == COLLABORATIVE) | (f["component"] == "oe")
+        return ResultsStore(f[keep], self.plan, {**self.meta, "rows_for_scope": scope})
+
+    # -- publication ---------------------------------------------------------------------------
+    def publishable(self, min_cell: int = 11) -> pd.DataFrame:
+        """The table safe to publish (see the module docstring): technical notes dropped; counts
+        from 1 to ``min_cell - 1`` suppressed as NaN, and a site-level count column of a result
+        (estimand x component x quantity) whenever any site's is small; a hospital's exact O/E
+        interval blanked when its deaths are small, O/E rounded to 2 decimals, expected deaths to
+        5 and the funnel limits at them dropped (the limits are drawn from the centre and the
+        over-dispersion row); curve points kept only where neither the cumulative events, nor
+        the episodes without the event, nor the events since the last kept point are between 1
+        and ``min_cell - 1``; crude values blanked where the counts behind them are small."""
+        if int(min_cell) != min_cell or min_cell < 1:
+            raise ValueError(f"min_cell must be a positive integer, got {min_cell!r}")
+        f = self.frame.drop(columns=["note"]).copy()
+        f = f.drop(columns=[c for c in f.columns if c in ("episode_id", "patient_id")])
+
+        def small(v: pd.Series) -> pd.Series:
+            return (v > 0) & (v < min_cell)
+
+        f = _keep_publishable_curve_points(f, min_cell)
+        # crude values by period: blank when the counts behind them (events, non-events) are small
+        summ = f["component"] == "summary"
+        hide = summ & (small(f["events"]) | small(f["n"] - f["events"]) | small(f["n"]))
+        f.loc[hide, ["estimate", "lower", "upper"]] = np.nan
+        # a month's observed value at a hospital reveals its count with the exposure
+        obs = (f["component"] == "counterfactual") & (f["quantity"] == "observed")
+        f.loc[obs & small(f["events"]), "estimate"] = np.nan
+        # hospital comparison: what could reveal a hospital's deaths
+        oe = (f["component"] == "oe") & (f["level"] == "site")
+        f.loc[oe & small(f["events"]), ["lower", "upper"]] = np.nan
+        f.loc[oe, ["estimate", "lower", "upper"]] = f.loc[oe, ["estimate", "lower", "upper"]].round(2)
+        f.loc[oe, "x"] = np.maximum(np.round(f.loc[oe, "x"] / 5.0) * 5.0, 5.0)
+        f.loc[oe, ["bound_lower", "bound_upper"]] = np.nan
+        for col in ("n", "events"):
+            sm = small(f[col])
+            f.loc[sm, col] = np.nan
+            site_small = sm & (f["level"] == "site")
+            keys = f.loc[site_small, ["estimand", "component", "quantity"]].drop_duplicates()
+            for est, comp, qty in keys.itertuples(index=False):
+                grp = ((f["estimand"] == est) & (f["component"] == comp) & (f["quantity"] == qty)
+                       & (f["level"] == "site"))
+                f.loc[grp, col] = np.nan
+        return f.reset_index(drop=True)
+
+    # -- files ---------------------------------------------------------------------------------
     def to_parquet(self, path: str | Path) -> Path:
         """Write the table with the plan and metadata in the Parquet schema metadata."""
         import pyarrow as pa
@@ -662,15 +1050,58 @@ class ResultsStore:
         return path
 
     @classmethod
-    def read_parquet(cls, path: str | Path) -> ResultsStore:
+    def read_parquet(cls, path: str | Path, *, scope: str | None = None) -> ResultsStore:
+        """Read a store written by :meth:`to_parquet`; with `scope` (a site id), only the rows a
+        report for that hospital needs (:meth:`for_scope`), filtered while reading."""
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(b"ipso_results")
+        filters = None
+        if scope is not None and scope != COLLABORATIVE:
+            filters = [[("scope", "=", str(scope))], [("scope", "=", COLLABORATIVE)],
+                       [("component", "=", "oe")]]
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{str(path)!r} is not an ipso results store ({exc})") from exc
+        raw = (schema.metadata or {}).get(b"ipso_results")
         if raw is None:
             raise ValueError(f"{str(path)!r} is not an ipso results store (no ipso_results metadata)")
+        table = pq.read_table(path, filters=filters)
         info = json.loads(raw)
-        return cls(table.to_pandas(), Plan.from_dict(info["plan"]), info["meta"])
+        meta = info["meta"] if scope is None else {**info["meta"], "rows_for_scope": scope}
+        return cls(table.to_pandas(), Plan.from_dict(info["plan"]), meta)
+
+
+def _keep_publishable_curve_points(f: pd.DataFrame, min_cell: int) -> pd.DataFrame:
+    """Drop curve points from which a small number of events could be read (see
+    :meth:`ResultsStore.publishable`)."""
+    curve = f["component"] == "curve"
+    if not curve.any():
+        return f
+    drop = []
+    keys = ["estimand", "scope", "spec", "quantity", "period"]
+    for _, g in f[curve].sort_values("x").groupby(keys, sort=False):
+        last = 0.0
+        for i, r in g.iterrows():
+            ev, n = float(r["events"]), float(r["n"])
+            ok = all(not (0 < v < min_cell) for v in (ev, n - ev, ev - last)) and np.isfinite(ev)
+            if ok:
+                last = ev
+            else:
+                drop.append(i)
+    return f.drop(index=drop)
+
+
+def load_store(path: str | Path, *, scope: str | None = None) -> ResultsStore:
+    """Read a results store: `path` is a Parquet file, or a folder holding :data:`RESULTS_FILE`
+    (a batch run's shared folder). With `scope` (a site id) only that hospital's rows, the
+    collaborative rows and every hospital's comparison rows are read."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_FILE
+    if not p.exists():
+        raise ValueError(f"no results store at {str(p)!r}")
+    return ResultsStore.read_parquet(p, scope=scope)
 
 
 def _scopes(scopes: str | Sequence[str], ctx: EstimationContext) -> list[str]:
@@ -687,6 +1118,37 @@ def _scopes(scopes: str | Sequence[str], ctx: EstimationContext) -> list[str]:
     return out
 
 
+def _row(est: Estimand, spec: Specification, scope: str, r: Estimate, ctx: EstimationContext,
+         plan: Plan) -> dict[str, Any]:
+    descriptive_effect = spec.role == "descriptive" and r.component == "effect"
+    if r.scale is not None:
+        scale = r.scale
+    elif r.component == "effect":
+        scale = "crude ratio" if spec.role == "descriptive" else est.scale
+    else:
+        scale = ""
+    return {
+        "estimand": est.id, "level": est.level, "scope": scope, "component": r.component,
+        "label": est.label, "role": spec.role, "spec": spec.name, "variant": r.variant,
+        "estimator": spec.estimator, "reason": spec.reason, "secondary_to": est.secondary_to or "",
+        "quantity": r.quantity or ("effect" if r.component == "effect" else ""),
+        "period": r.period, "x": r.x, "estimate": r.estimate,
+        "lower": math.nan if descriptive_effect else r.lower,
+        "upper": math.nan if descriptive_effect else r.upper,
+        "se": math.nan if descriptive_effect else r.se,
+        "p_value": math.nan if descriptive_effect or r.component == "curve" else r.p_value,
+        "statistic": r.statistic, "df": r.df, "bound_lower": r.bound_lower,
+        "bound_upper": r.bound_upper, "flag": r.flag, "scale": scale, "unit": est.unit,
+        "per": est.per, "better": est.better,
+        "time_point": spec.time_point if r.time_point is None else int(r.time_point),
+        "n": r.n, "events": r.events, "n_sites": r.n_sites,
+        "extrapolated_share": r.extrapolated_share, "status": r.status,
+        "status_reason": r.status_reason, "method": r.method, "settings": spec.describe(),
+        "alpha": ctx.alpha, "as_of": ctx.as_of or "", "plan_version": plan.version,
+        "data_hash": ctx.data_hash, "note": r.note,
+    }
+
+
 def estimate_all(
     collaborative: Any,
     plan: Plan | None = None,
@@ -696,6 +1158,7 @@ def estimate_all(
     as_of: str | None = None,
     estimands: Iterable[str] | None = None,
     roles: Iterable[str] | None = None,
+    specs: Iterable[str] | None = None,
     context: EstimationContext | None = None,
 ) -> ResultsStore:
     """Compute every estimand of `plan` (default :func:`analysis.plan.default_plan`) once.
@@ -704,8 +1167,8 @@ def estimate_all(
     ``"all"`` (collaborative and every hospital), ``"collaborative"``, ``"sites"`` or a list of
     ``"collaborative"`` and site ids. `as_of`: data cut-off month ``YYYY-MM``: episodes after it
     are left out and every outcome is censored at its end (see :func:`analysis.derive.cut_at`).
-    `estimands` / `roles`: compute only these (e.g. ``roles=["primary"]``). `context`: reuse the
-    cached intermediate results of an earlier call on the same data and settings.
+    `estimands` / `roles` / `specs`: compute only these (e.g. ``roles=["primary"]``). `context`:
+    reuse the cached intermediate results of an earlier call on the same data and settings.
     Estimates that cannot be computed are rows with ``status = "not estimable"`` and a reason.
     """
     if not 0 < alpha < 1:
@@ -717,7 +1180,9 @@ def estimate_all(
     site_scopes = [s for s in want if s != COLLABORATIVE]
     keep_ids = set(estimands) if estimands is not None else None
     keep_roles = set(roles) if roles is not None else None
+    keep_specs = set(specs) if specs is not None else None
     rows = []
+    timings: dict[str, float] = {}
     for est in plan.estimands:
         if keep_ids is not None and est.id not in keep_ids:
             continue
@@ -727,6 +1192,9 @@ def estimate_all(
         for spec in est.specs:
             if keep_roles is not None and spec.role not in keep_roles:
                 continue
+            if keep_specs is not None and spec.name not in keep_specs:
+                continue
+            t_spec = time.perf_counter()
             try:
                 results = ESTIMATORS[spec.estimator](ctx, est, spec, targets)
             except (ValueError, ArithmeticError, np.linalg.LinAlgError, KeyError) as exc:
@@ -734,33 +1202,24 @@ def estimate_all(
                                                      note=f"{type(exc).__name__}: {exc}")
                            for s in targets}
             for scope in targets:
-                r = results[scope]
-                descriptive = spec.role == "descriptive"
-                rows.append({
-                    "estimand": est.id, "level": est.level, "scope": scope, "label": est.label,
-                    "role": spec.role, "spec": spec.name, "estimator": spec.estimator,
-                    "reason": spec.reason, "secondary_to": est.secondary_to or "",
-                    "estimate": r.estimate,
-                    "lower": math.nan if descriptive else r.lower,
-                    "upper": math.nan if descriptive else r.upper,
-                    "se": math.nan if descriptive else r.se,
-                    "p_value": math.nan if descriptive else r.p_value,
-                    "scale": "crude ratio" if descriptive else est.scale, "unit": est.unit,
-                    "per": est.per, "better": est.better, "time_point": spec.time_point,
-                    "n": r.n, "events": r.events, "status": r.status,
-                    "status_reason": r.status_reason, "method": r.method,
-                    "settings": spec.describe(), "alpha": alpha, "as_of": ctx.as_of or "",
-                    "plan_version": plan.version, "data_hash": ctx.data_hash, "note": r.note,
-                })
+                got = results.get(scope, Estimate.not_estimable("no data for this hospital"))
+                for r in (got if isinstance(got, list) else [got]):
+                    rows.append(_row(est, spec, scope, r, ctx, plan))
+            key = spec.estimator
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t_spec
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    for c in ("estimate", "lower", "upper", "se", "p_value", "n", "events", "alpha"):
+    for c in _FLOAT_COLUMNS:
         frame[c] = frame[c].astype(float)
+    for c in _TEXT_COLUMNS:
+        frame[c] = frame[c].fillna("").astype(str)
     frame["time_point"] = frame["time_point"].astype("int64")
     from . import __version__
 
     meta = {"plan_version": plan.version, "data_hash": ctx.data_hash, "as_of": ctx.as_of,
             "alpha": alpha, "scopes": len(want), "excluded_after_as_of": ctx.excluded_after_as_of,
-            "seconds": round(time.perf_counter() - t0, 2), "ipso_analysis_version": __version__}
+            "seconds": round(time.perf_counter() - t0, 2),
+            "seconds_by_estimator": {k: round(v, 2) for k, v in timings.items()},
+            "ipso_analysis_version": __version__}
     return ResultsStore(frame, plan, meta)
 
 
@@ -830,6 +1289,7 @@ def run_estimate_command(data: Path, out: Path, as_of: str | None, plan_path: Pa
         raise typer.Exit(code=2) from None
     store.to_parquet(out)
     f = store.frame
+    prim = store.rows(scope=COLLABORATIVE, role="primary")
     summary = {
         "out": str(out), "rows": len(f), "estimands": int(f["estimand"].nunique()),
         "scopes": int(f["scope"].nunique()), "not_estimable": int((f["status"] != "ok").sum()),
@@ -838,7 +1298,7 @@ def run_estimate_command(data: Path, out: Path, as_of: str | None, plan_path: Pa
         "collaborative_primary": {
             r["estimand"]: {k: (None if isinstance(r[k], float) and not math.isfinite(r[k]) else r[k])
                             for k in ("estimate", "lower", "upper", "status")}
-            for _, r in f[(f["scope"] == COLLABORATIVE) & (f["role"] == "primary")].iterrows()},
+            for _, r in prim.iterrows()},
     }
     if json_out:
         print_json(summary)
@@ -848,7 +1308,7 @@ def run_estimate_command(data: Path, out: Path, as_of: str | None, plan_path: Pa
         table = Table(title=f"Primary estimates, collaborative (plan {plan.version}) -> {out}")
         for col in ("estimand", "estimate", "95% CI", "per"):
             table.add_column(col)
-        for _, r in f[(f["scope"] == COLLABORATIVE) & (f["role"] == "primary")].iterrows():
+        for _, r in prim.iterrows():
             if r["status"] == "ok":
                 table.add_row(r["estimand"], f"{r['estimate']:.3f}",
                               f"{r['lower']:.3f} to {r['upper']:.3f}", r["per"])
@@ -857,3 +1317,8 @@ def run_estimate_command(data: Path, out: Path, as_of: str | None, plan_path: Pa
         console.print(table)
         console.print(f"{len(f)} rows, {summary['scopes']} scopes, {summary['seconds']} s")
     return store
+
+
+# estimators defined in their own modules register themselves on import
+from . import results_staggered as _results_staggered  # noqa: F401
+from . import results_supporting as _results_supporting  # noqa: F401

@@ -971,6 +971,19 @@ def fit_its_staggered(
     if not tgt_main.any():
         raise ValueError("no site-month at or after go-live (minus transition): nothing to impute")
 
+    # a calendar month without any event among untreated sites has no finite calendar effect
+    # (the Poisson MLE does not exist; its coefficient runs off and the retransformation
+    # overflows): refuse with the remedy instead of returning infinite counterfactuals
+    if calendar_effects and fam == "poisson":
+        per_month = pd.Series(y[fit_mask]).groupby(t_all[fit_mask]).sum()
+        empty = per_month.index[per_month.to_numpy() == 0]
+        if len(empty):
+            labels = [str(_label_time(int(m), is_date))[:10] for m in empty[:3]]
+            raise ValueError(
+                f"{len(empty)} calendar month(s) have no events among untreated sites (e.g. "
+                f"{', '.join(labels)}), so their calendar effects are not estimable; use "
+                "calendar_effects=False (a common trend and seasonality) for sparse outcomes")
+
     # calendar months that need a shock but have no untreated site
     if calendar_effects:
         fit_months = set(np.unique(t_all[fit_mask]).tolist())

@@ -56,16 +56,34 @@ def test_default_plan_states_the_estimands():
     bolus = plan.get("bolus_minutes", "collaborative")
     events = " ".join(ie.event for ie in bolus.intercurrent_events)
     assert "no bolus given" in events and "before T0" in events
-    # mortality: the validated collaborative primary, the site primary is empirical Bayes, and a
-    # sensitivity specification drops critical_sepsis from the case mix
+    # mortality and recognition: the imputation estimator for staggered go-lives is the validated
+    # collaborative primary (event months 6-18, t interval); the segmented regression stays as a
+    # sensitivity analysis, with the sensitivity analyses of issue 12
     m = plan.get("sam30", "collaborative")
     p = m.primary
-    assert (p.estimator, p.transition, p.slope_change, p.covariance) == ("its_multisite", 6, False, "cluster")
-    assert p.params == {"site_trends": False}  # one common trend (site trends: sensitivity)
+    assert (p.estimator, p.transition, p.time_point, p.interval, p.covariance) == (
+        "its_staggered", 6, 12, "t", "cluster")
+    assert p.params == {"site_trends": False, "calendar_centering": "ls"}
+    assert "event months 6-18" in p.describe()
+    assert m.spec("its_multisite").role == "sensitivity"
+    assert m.spec("its_multisite").params == {"site_trends": False}
     assert m.spec("site_trends").params == {} and m.spec("site_trends").role == "sensitivity"
     assert "critical_sepsis" not in m.spec("no_critical_casemix").casemix
-    assert plan.primary("sam30", "site").estimator == "site_eb"
+    for eid in ("sam30", "sam3", "recognition"):
+        e = plan.get(eid, "collaborative")
+        assert e.primary.estimator == "its_staggered"
+        for name in ("placebo_in_time", "leave_one_wave_out", "transition_0", "transition_12",
+                     "panel_hac", "rambachan_roth", "its_multisite"):
+            assert e.spec(name).role == "sensitivity" and e.spec(name).reason
+    assert plan.primary("sam3", "collaborative").params["calendar_effects"] is False
+    assert plan.get("sam30", "collaborative").spec("rambachan_roth").params["m_bar"] == [0.5, 1.0, 2.0]
+    # the site level: empirical Bayes with the too-little-information rule named in the plan
+    site = plan.primary("sam30", "site")
+    assert site.estimator == "site_eb" and site.params["min_expected_events"] == 20
     assert plan.get("sam30", "site").spec("site_its").role == "sensitivity"
+    # supporting results the reports draw are descriptive specifications of the plan
+    assert {s.estimator for s in m.specs if s.role == "descriptive"} == {
+        "crude", "casemix_fit", "km_curves", "funnel_oe"}
     text = str(plan)
     assert "sam30 [collaborative]" in text and "intercurrent event" in text
     assert len(plan.table()) == sum(len(e.specs) for e in plan.estimands)
@@ -82,7 +100,7 @@ def test_yaml_round_trip(tmp_path):
 
 def test_overrides_in_python():
     plan = default_plan()
-    p2 = plan.replace_spec("sam30", "collaborative", "its_multisite", transition=3, version="x")
+    p2 = plan.replace_spec("sam30", "collaborative", "its_staggered", transition=3, version="x")
     assert p2.primary("sam30", "collaborative").transition == 3 and p2.version == "x"
     assert plan.primary("sam30", "collaborative").transition == 6  # the original is unchanged
     # swapping the primary (e.g. to a new estimator) keeps the old one as a sensitivity spec
@@ -91,8 +109,8 @@ def test_overrides_in_python():
         "recognition", "collaborative", "staggered", reason="previous primary, kept for comparison")
     e = p3.get("recognition", "collaborative")
     assert e.primary.name == "staggered"
-    assert e.spec("its_multisite").role == "sensitivity"
-    assert e.spec("its_multisite").reason == "previous primary, kept for comparison"
+    assert e.spec("its_staggered").role == "sensitivity"
+    assert e.spec("its_staggered").reason == "previous primary, kept for comparison"
     p4 = plan.with_overrides([{"estimand": "bundle", "spec": "its_multisite", "transition": 4}])
     assert p4.primary("bundle", "collaborative").transition == 4  # both levels changed
     assert p4.get("bundle", "site").primary.name == "site_its"
@@ -106,7 +124,7 @@ def test_extends_default_yaml(tmp_path):
                        "interval": "t"}]}))
     plan = Plan.from_yaml(f)
     assert plan.version == "local-1"
-    assert plan.primary("sam30", "collaborative").interval == "t"
+    assert plan.get("sam30", "collaborative").spec("its_multisite").interval == "t"
 
 
 @pytest.mark.parametrize(("change", "field"), [

@@ -53,7 +53,7 @@ def errors() -> pd.DataFrame:
         sim = simulate_collaborative(seed=seed, sites=SITES, scale=SCALE,
                                      true_effects=EFFECTS)
         store = estimate_all(_Data(sim), scopes="collaborative", roles=["primary"])
-        for _, r in store.frame.iterrows():
+        for _, r in store.rows(scope="collaborative", role="primary").iterrows():
             truth = sim.truth["estimands"][TRUTH_KEYS[r["estimand"]]]
             rows.append({"seed": seed, "estimand": r["estimand"], "status": r["status"],
                          "err": math.log(r["estimate"] / truth),

@@ -340,3 +340,65 @@ def test_forest_plot_axis_is_bounded_and_clips_with_arrows():
     with pytest.raises(ValueError, match="highlight"):
         eb.plot(highlight="Z")
     plt.close("all")
+
+
+def _henderson(y, V, tau2):
+    """Henderson's mixed model equations with correlated residuals: y = 1 mu + u + e,
+    u ~ N(0, tau2 I), e ~ N(0, V); BLUP of theta = mu + u and its prediction error variance."""
+    k = len(y)
+    Ri = np.linalg.inv(V)
+    X, Z = np.ones((k, 1)), np.eye(k)
+    C = np.block([[X.T @ Ri @ X, X.T @ Ri @ Z], [Z.T @ Ri @ X, Z.T @ Ri @ Z + np.eye(k) / tau2]])
+    rhs = np.concatenate([X.T @ Ri @ y, Z.T @ Ri @ y])
+    Ci = np.linalg.inv(C)
+    sol = Ci @ rhs
+    L = np.hstack([np.ones((k, 1)), np.eye(k)])  # theta_i = mu + u_i
+    return L @ sol, np.diag(L @ Ci @ L.T)
+
+
+def test_correlated_sampling_errors_match_henderson_equations():
+    """With a full sampling covariance (vcov), the posterior given tau^2 is the GLS BLUP; with a
+    diagonal one it is exactly the independent model."""
+    rng = np.random.default_rng(7)
+    k = 12
+    v = rng.uniform(0.02, 0.2, k)
+    common = 0.03  # a shared component (e.g. the estimation error of a shared trend)
+    V = np.diag(v) + common * (np.ones((k, k)) - np.eye(k)) * 0.5
+    V[np.diag_indices(k)] = v
+    y = rng.multivariate_normal(np.full(k, -0.2), V + 0.01 * np.eye(k))
+    for tau2 in (0.002, 0.01, 0.05):
+        res = empirical_bayes(y, v, vcov=V, tau2=tau2)
+        mean, var = _henderson(y, V, tau2)
+        np.testing.assert_allclose(res.sites["estimate"], mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(res.sites["se"] ** 2, var, rtol=1e-8, atol=1e-12)
+    a = empirical_bayes(y, v)
+    b = empirical_bayes(y, v, vcov=np.diag(v))
+    np.testing.assert_allclose(a.sites[["estimate", "lower", "upper"]],
+                               b.sites[["estimate", "lower", "upper"]], rtol=1e-7)
+    # a positive correlation the independent model ignores understates the mean's uncertainty
+    assert empirical_bayes(y, v, vcov=V).collaborative["se"] > a.collaborative["se"]
+    with pytest.raises(ValueError, match="vcov"):
+        empirical_bayes(y, v, vcov=np.eye(k))
+
+
+def test_weakly_informative_priors_on_tau():
+    """Half-normal and half-Cauchy priors (scale 0.5) are proper: they put less weight than a
+    flat prior on tau^2 on large between-site variation the data cannot rule out."""
+    rng = np.random.default_rng(3)
+    k = 15
+    v = rng.uniform(0.05, 0.3, k)
+    y = rng.normal(-0.2, np.sqrt(v))  # no true heterogeneity
+    widths = {}
+    for prior in ("uniform_tau2", "uniform_tau", "half_normal", "half_cauchy"):
+        r = empirical_bayes(y, v, prior=prior)
+        s = r.sites
+        assert ((s["lower"] <= s["estimate"]) & (s["estimate"] <= s["upper"])).all()
+        widths[prior] = float((s["upper"] - s["lower"]).mean())
+        assert abs(r.tau_posterior["weight"].sum() - 1) < 1e-12
+    assert widths["half_normal"] < widths["uniform_tau2"]
+    assert widths["half_cauchy"] < widths["uniform_tau2"]
+    assert "half-normal prior on tau (scale 0.5)" in empirical_bayes(y, v, prior="half_normal").method_note
+    with pytest.raises(ValueError, match="prior"):
+        empirical_bayes(y, v, prior="jeffreys")
+    with pytest.raises(ValueError, match="prior_scale"):
+        empirical_bayes(y, v, prior="half_normal", prior_scale=0)

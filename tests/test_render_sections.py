@@ -36,7 +36,13 @@ def test_compute_shared_writes_and_notebooks_reuse(run, data_dir, tmp_path):
     shared_dir = tmp_path / "_shared"
     rp.compute_shared(data_dir, shared_dir, "k-test")
     names = {p.name for p in shared_dir.iterdir()}
-    assert {f"{n}.pkl" for n in rs.SITE_ITEMS} | {rs.SHARED_META, rp.SITE_SLICES_DIR} <= names
+    assert ({f"{n}.pkl" for n in rs.SITE_ITEMS if n != "store"}
+            | {rs.SHARED_META, rp.SITE_SLICES_DIR, rs.results_path(shared_dir).name} <= names)
+    # the results store of every scope, and a site's rows alone on request
+    store = rs.load_store(shared_dir)
+    assert set(store.frame["scope"]) == {"collaborative", *run.sites["site_id"]}
+    part = rs.load_store(shared_dir, scope="S01")
+    assert set(part.frame.loc[part.frame["component"] != "oe", "scope"]) <= {"S01", "collaborative"}
     meta = json.loads((shared_dir / rs.SHARED_META).read_text())
     assert meta["data_hash"] == run.data_hash
     # a planted marker in a pickle is what a notebook gets back: the file is really reused
@@ -154,11 +160,11 @@ def test_site_slice_matches_full_run_and_refuses_other_hospitals(run, data_dir, 
     assert str(rp.report_header(part, "S02")) == str(rp.report_header(full, "S02"))
     # the site's headline numbers from the slice equal those from the whole collaborative
     a = rs.SharedFits(part, shared_dir)
-    b = rs.SharedFits(full, shared_dir)
     from analysis.impact import by_the_numbers
-    ta = by_the_numbers(part, site_id="S02", casemix_model=a.get("casemix")).table
-    tb = by_the_numbers(full, site_id="S02", casemix_model=b.get("casemix")).table
+    ta = by_the_numbers(a.get("store"), site_id="S02").table  # read from the shared store
+    tb = by_the_numbers(full, site_id="S02").table  # estimated here from the whole collaborative
     pd.testing.assert_frame_equal(ta, tb)
+    assert set(a.get("store").frame["scope"]) == {"collaborative", *full.sites["site_id"]}
     with pytest.raises(ValueError, match="only"):
         part.episodes_for("S01")
     with pytest.raises(ValueError, match="only"):
