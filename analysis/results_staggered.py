@@ -31,7 +31,9 @@ times), registered in :data:`analysis.results.ESTIMATORS`:
     confidence interval.
 
 Fit settings (``params``): ``site_trends`` (default true; false: one common trend),
-``calendar_effects`` (true), ``calendar_centering`` (``"robust"`` or ``"ls"``), ``leads`` (12),
+``calendar_effects`` (``"auto"``: calendar-month effects when every calendar month has an event
+among the hospitals not yet live, else one shared trend and the seasonality, said in the method
+sentence; true / false force the choice), ``calendar_centering`` (``"robust"`` or ``"ls"``), ``leads`` (12),
 ``lags`` (36), ``anticipation`` (0), ``min_pre`` (12: hospitals with fewer untreated months are
 left out, and the method sentence says how many), plus the specification's ``seasonality``.
 Every fit is cached in the :class:`analysis.results.EstimationContext`, so the sensitivity rows
@@ -60,7 +62,7 @@ from .results import (
 __all__ = ["its_staggered", "staggered_leave_one_wave_out", "staggered_placebo",
            "staggered_rm_bounds", "window"]
 
-_DEFAULTS: dict[str, Any] = {"site_trends": True, "calendar_effects": True,
+_DEFAULTS: dict[str, Any] = {"site_trends": True, "calendar_effects": "auto",
                              "calendar_centering": "robust", "leads": 12, "lags": 36,
                              "anticipation": 0, "min_pre": 12}
 _SE = {"cluster": "cluster", "hac": "panel_hac"}
@@ -68,7 +70,9 @@ _SE = {"cluster": "cluster", "hac": "panel_hac"}
 
 def _settings(spec: Specification) -> dict[str, Any]:
     p = {**_DEFAULTS, **{k: v for k, v in spec.params.items() if k in _DEFAULTS}}
-    return {"site_trends": bool(p["site_trends"]), "calendar_effects": bool(p["calendar_effects"]),
+    cal = p["calendar_effects"]
+    return {"site_trends": bool(p["site_trends"]),
+            "calendar_effects": "auto" if cal == "auto" else bool(cal),
             "calendar_centering": str(p["calendar_centering"]), "leads": int(p["leads"]),
             "lags": int(p["lags"]), "transition": int(p["anticipation"]),
             "min_pre": int(p["min_pre"]), "seasonality": int(spec.seasonality)}
@@ -119,6 +123,21 @@ def _prepared(ctx: EstimationContext, est: Estimand, spec: Specification
     return d, (x if family == "poisson" else None), family, len(left)
 
 
+def _calendar(d: pd.DataFrame, family: str, st: dict[str, Any]) -> dict[str, Any]:
+    """`st` with ``calendar_effects`` resolved: ``"auto"`` becomes true when every calendar month
+    has at least one event among the hospitals not yet live (otherwise the Poisson MLE of that
+    month's effect does not exist), false otherwise; ``calendar_auto`` records that the rule
+    chose."""
+    if st["calendar_effects"] != "auto":
+        return {**st, "calendar_auto": False}
+    ok = True
+    if family == "poisson":
+        untreated = d["months_since_go_live"] < -st["transition"]
+        per_month = d.loc[untreated, "_y"].groupby(d.loc[untreated, "month"]).sum()
+        ok = bool(len(per_month)) and bool((per_month > 0).all())
+    return {**st, "calendar_effects": ok, "calendar_auto": True}
+
+
 def _fit(ctx: EstimationContext, est: Estimand, spec: Specification,
          drop_wave: pd.Timestamp | None = None) -> _Fit:
     from .staggered import fit_its_staggered
@@ -136,16 +155,19 @@ def _fit(ctx: EstimationContext, est: Estimand, spec: Specification,
         ycol = "_y"
         if d.empty:
             raise ValueError("no hospital can be fitted")
+        cst = _calendar(d, family, st)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = fit_its_staggered(
                 d, ycol, site="site_id", time="month", go_live="go_live_month", family=family,
-                exposure=x, site_trends=st["site_trends"], calendar_effects=st["calendar_effects"],
+                exposure=x, site_trends=st["site_trends"], calendar_effects=cst["calendar_effects"],
                 seasonality=st["seasonality"], transition=st["transition"], leads=st["leads"],
                 lags=st["lags"], se="cluster", alpha=ctx.alpha, min_pre=st["min_pre"],
                 calendar_centering=st["calendar_centering"])
         events = float(d[ycol].sum()) if family == "poisson" else math.nan
-        return _Fit(res, family, float(d["_n"].sum()), events, left, waves)
+        fit = _Fit(res, family, float(d["_n"].sum()), events, left, waves)
+        fit.calendar_effects, fit.calendar_auto = cst["calendar_effects"], cst["calendar_auto"]
+        return fit
     return ctx._cached(key, run)
 
 
@@ -173,8 +195,9 @@ def _method(est: Estimand, spec: Specification, fit: _Fit, first: int, last: int
         model = f"a Gaussian model of the {_what(est)}"
         ratio = "the exponentiated mean difference between observed and predicted"
     trend = "a trend per hospital" if st["site_trends"] else "one trend shared by all hospitals"
-    cal = ", calendar-month effects identified by hospitals not yet live" if st["calendar_effects"] else ""
-    if st["calendar_effects"] and st["calendar_centering"] == "ls":
+    used = getattr(fit, "calendar_effects", st["calendar_effects"])
+    cal = ", calendar-month effects identified by hospitals not yet live" if used else ""
+    if used and st["calendar_centering"] == "ls":
         cal += " (least-squares centring)"
     seas = f", {st['seasonality']} Fourier pair(s) of calendar month" if st["seasonality"] else ""
     ant = (f"; the {st['transition']} months before go-live are left out as anticipation"
@@ -185,6 +208,9 @@ def _method(est: Estimand, spec: Specification, fit: _Fit, first: int, last: int
           else "panel Newey-West SE within hospital")
     left = (f"; {fit.left_out} hospital(s) without enough untreated months (or with a month "
             "without a treated episode) left out" if fit.left_out else "")
+    if getattr(fit, "calendar_auto", False) and not used:
+        cal = (" (no calendar-month effects: some calendar months have no event among the "
+               "hospitals not yet live, so their effects are not estimable)")
     return (f"All hospitals together, imputation estimator for staggered go-lives (Borusyak, "
             f"Jaravel & Spiess): {model}, hospital intercepts, {trend}{cal}{seas}, fitted to the "
             f"months before each hospital's go-live{ant}, predicts every month after go-live "
@@ -299,6 +325,8 @@ def staggered_placebo(ctx: EstimationContext, est: Estimand, spec: Specification
         pre = d[d["months_since_go_live"] < 0]
         keep = pre.groupby("site_id")["month"].transform("size") >= shift + st["min_pre"]
         pre = pre[keep]
+        st = _calendar(pre.assign(months_since_go_live=pre["months_since_go_live"] + shift),
+                       family, st)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tab = placebo_in_time(

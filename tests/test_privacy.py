@@ -423,3 +423,13 @@ def test_confined_path_refuses_what_would_leave_the_folder(tmp_path):
     (root / "link").symlink_to(tmp_path / "outside")
     with pytest.raises(privacy.UnsafePathError, match="outside"):
         privacy.confined_path(root, "link", "x.html")
+
+
+def test_an_svg_string_inside_a_script_is_not_a_figure(tmp_path):
+    # Quarto's self-contained pages embed tippy.js, whose arrow is an SVG string literal
+    script = ("<script>F.roundArrow='<svg width=\"16\" height=\"6\" xmlns=\"http://www.w3.org/2000/svg\">"
+              "<path d=\"M0 6s1.796-.013 4.67-3.615C5.851.9 6.93.006 8 0\"/></svg>';</script>")
+    assert scan_outputs([_page(tmp_path, f"<p>Rates only.</p>{script}")]) == []
+    # an unmarked figure outside the script is still caught
+    page = _page(tmp_path, f"{script}<div>{_svg([1, 0, 3, 5], 'line')}</div>")
+    assert "unmarked_figure" in kinds_of(scan_outputs([page]))

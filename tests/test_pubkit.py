@@ -360,6 +360,9 @@ def _with_supporting_rows(store: ResultsStore) -> ResultsStore:
     for c in ("quantity", "period", "x", "statistic", "df", "n_sites"):
         if c not in f:
             f[c] = np.nan if c in ("x", "statistic", "df", "n_sites") else ""
+    # the store's own supporting rows of sam30 make way for the known ones below
+    own = (f["estimand"] == "sam30") & f["component"].isin(["event_time", "pretrend_test", "model_fit"])
+    f = f[~own].reset_index(drop=True)
     base = f[(f["estimand"] == "sam30") & (f["scope"] == "collaborative")].iloc[0].to_dict()
     rows = []
     for t in range(-12, 25):
@@ -437,6 +440,10 @@ def test_every_number_in_the_methods_and_limitations_comes_from_the_plan_or_the_
     for c in ("estimate", "lower", "upper"):
         allowed |= {f"{v:.2f}" for v in f[c].dropna()}
     allowed |= {str(int(x)) for x in (100 * (1 - f["alpha"].iloc[0]),)}
+    # test statistics with their degrees of freedom, and shares of extrapolated counterfactual (%)
+    allowed |= {f"{v:.1f}" for v in f["statistic"].dropna()} | {f"{v:.0f}" for v in f["df"].dropna()}
+    allowed |= {f"{100 * v:.0f}" for v in f["extrapolated_share"].dropna()}
+    allowed |= {str(int(v) - 1) for v in f["n_sites"].dropna()}  # t intervals with G - 1 df
     site = f[f["level"] == "site"]
     allowed |= {str(site["scope"].nunique())}
     allowed |= {str(int((g["status"] != "ok").sum())) for _, g in site[site["role"] == "primary"].groupby("estimand")}

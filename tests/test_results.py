@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -422,3 +423,29 @@ def test_staggered_refuses_calendar_months_without_events():
         res = fit_its_staggered(d, "y", site="site", time="t", go_live="go", exposure="x",
                                 calendar_effects=False, lags=8)
     assert math.isfinite(res.effect_at(5).relative)
+
+
+def test_calendar_effects_auto_rule_keeps_sparse_primaries_estimable():
+    """params calendar_effects 'auto' (the default): with a calendar month without any death
+    among hospitals not yet live (8 small hospitals), the primary drops the calendar-month
+    effects, says so in its method, and equals the fit forced to calendar_effects=False."""
+    sim = simulate_collaborative(seed=11, sites=8, months=48, scale=1.2)
+    small = collaborative_from_frames(sim.episodes, sim.sites, sim.site_months)
+    plan = default_plan()
+    spec = plan.primary("sam30", "collaborative")
+    assert spec.estimator == "its_staggered" and spec.params.get("calendar_effects", "auto") == "auto"
+    est = plan.get("sam30", "collaborative")
+    ctx = R.EstimationContext(small)
+    auto = R.ESTIMATORS["its_staggered"](ctx, est, spec, ["collaborative"])["collaborative"]
+    auto = auto[0] if isinstance(auto, list) else auto
+    assert auto.status == "ok" and "no calendar-month effects" in auto.method
+    forced = R.ESTIMATORS["its_staggered"](
+        ctx, est, replace(spec, params={**spec.params, "calendar_effects": False}),
+        ["collaborative"])["collaborative"]
+    forced = forced[0] if isinstance(forced, list) else forced
+    assert auto.estimate == pytest.approx(forced.estimate, rel=1e-12)
+    on = R.ESTIMATORS["its_staggered"](
+        ctx, est, replace(spec, params={**spec.params, "calendar_effects": True}),
+        ["collaborative"])["collaborative"]
+    on = on[0] if isinstance(on, list) else on
+    assert on.status != "ok" and "could not be fitted" in on.status_reason
