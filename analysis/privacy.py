@@ -840,7 +840,18 @@ def _read_pdf(doc: _Doc, path: Path) -> None:
         doc.findings.append(Finding(doc.path, "unreadable", f"PDF text could not be extracted ({type(exc).__name__})"))
         return
     doc.texts += pages + meta
-    doc.prose += pages
+    # the running text without each page's own page number (a line holding only it, which the
+    # extraction can place mid-sentence: "any in-hospital\n1\ndeath" is not a count of deaths)
+    doc.prose += [_without_page_number(t, i + 1) for i, t in enumerate(pages)]
+
+
+def _without_page_number(text: str, number: int) -> str:
+    lines = text.split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].strip() == str(number):
+            del lines[i]
+            break
+    return "\n".join(lines)
 
 
 def _walk_json(obj, key: str | None, doc: _Doc) -> None:

@@ -174,17 +174,17 @@ def scan_candidates(paths: Sequence[Path], *, forbidden: Iterable[str], min_cell
                     scan: Callable[..., list] | None = None) -> list[privacy.Finding]:
     """Run the output privacy scan on candidate files (the one call to
     :func:`analysis.privacy.scan_outputs`; `scan` replaces it in tests). Word and PDF files are
-    scanned through their text; PNG files carry no text and are judged with their figure's PDF
+    scanned through their text (PDF by the scanner itself, page by page); PNG files carry no text and are judged with their figure's PDF
     and caption (the caller scans them as one item)."""
     scan = scan or privacy.scan_outputs
     forbidden = list(forbidden)
     findings: list[privacy.Finding] = []
-    direct = [p for p in paths if p.suffix.lower() not in (".docx", ".pdf", ".png")]
+    direct = [p for p in paths if p.suffix.lower() not in (".docx", ".png")]
     if direct:
         findings += scan(direct, forbidden_strings=forbidden, min_cell=min_cell)
     with tempfile.TemporaryDirectory(prefix="ipso-scan-") as tmp:
         for p in paths:
-            if p.suffix.lower() in (".docx", ".pdf"):
+            if p.suffix.lower() == ".docx":
                 try:
                     text = _text_of(p)
                 except Exception as exc:  # noqa: BLE001 - an unreadable file is a finding

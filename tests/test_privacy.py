@@ -433,3 +433,15 @@ def test_an_svg_string_inside_a_script_is_not_a_figure(tmp_path):
     # an unmarked figure outside the script is still caught
     page = _page(tmp_path, f"{script}<div>{_svg([1, 0, 3, 5], 'line')}</div>")
     assert "unmarked_figure" in kinds_of(scan_outputs([page]))
+
+
+def test_a_pdf_page_number_is_not_read_as_a_count():
+    # pypdf can place a page's number mid-sentence ("any in-hospital\n1\ndeath ..."); the
+    # scanner's running text of a PDF page leaves that page's number out, and nothing else
+    from analysis.privacy import _without_page_number, text_counts
+
+    page = "death from another cause: any in-hospital \n1\ndeath within the window counts"
+    assert [c.value for c in text_counts(page)] == [1.0]
+    assert text_counts(_without_page_number(page, 1)) == []
+    # on page 2 the same line "1" is not its number: still read (and caught)
+    assert [c.value for c in text_counts(_without_page_number(page, 2))] == [1.0]
