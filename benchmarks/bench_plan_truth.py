@@ -216,6 +216,22 @@ def summarise(df: pd.DataFrame, sites: int = 57) -> pd.DataFrame:
     })
 
 
+def markdown_rows(summary: pd.DataFrame, scenario: str, replicates: int) -> list[str]:
+    """Rows of the RESULTS.md table (estimand, spec, scenario, replicates, geometric-mean bias
+    with its MC SE, coverage with its MC SE, share of intervals excluding 1 (type-I error under
+    ``null``, power otherwise), pre-trend test rejections, not estimable)."""
+    out = []
+    for (est, spec), r in summary.iterrows():
+        pre = ("-" if not r["pretrend_tests"] else f"{r['pretrend_reject_pct']:.1f}%")
+        rej = f"{r['reject_pct']:.1f}%" + (" (type I)" if scenario == "null" else "")
+        out.append(f"| `{est}` | {spec} | {scenario} | {replicates} | "
+                   f"{r['gm_bias_pct']:+.2f}% ({r['gm_bias_mc_se_pct']:.2f}) | "
+                   f"{r['emp_sd_log']:.3f} / {r['mean_se_log']:.3f} | "
+                   f"{r['coverage_pct']:.1f}% ({r['coverage_mc_se']:.1f}) | {rej} | {pre} | "
+                   f"{int(r['not_estimable'])} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--replicates", type=int, default=200)
@@ -234,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     "level: primary,sensitivity)")
     ap.add_argument("--specs", default=None, help="comma-separated specification names (default: all)")
     ap.add_argument("--summary", action="store_true", help="only summarise --out")
+    ap.add_argument("--markdown", action="store_true",
+                    help="also print the summary as rows of the RESULTS.md table")
     ap.add_argument("--refresh-truth", action="store_true",
                     help="recompute the truth column of --out from the simulator")
     a = ap.parse_args(argv)
@@ -270,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.read_csv(a.out)
     df = df[df["seed"].between(a.seed0, a.seed0 + a.replicates - 1)]
     print(f"scenario={a.scenario} level={a.level} replicates={df['seed'].nunique()}")
-    print(summarise(df, a.sites).round(4).to_string())
+    summary = summarise(df, a.sites)
+    print(summary.round(4).to_string())
+    if a.markdown:
+        print("\n".join(markdown_rows(summary, a.scenario, df["seed"].nunique())))
     return 0
 
 
