@@ -727,13 +727,14 @@ def _mortality(window: int) -> list[Estimand]:
                 _its("its_multisite", "sensitivity", "segmented regression with a constant "
                      "level change after the phase-in (the primary of plan 2026.11-1): uses every "
                      "month after the phase-in, so more precise, but biased when the effect grows "
-                     "or fades (30-day: +7% when it grows, -5% when it wanes, on the simulator)",
+                     "or fades (30-day: +8% when it grows, -4% when it wanes, on the simulator)",
                      covariance="cluster", **_COMMON_TREND),
                 *([_staggered(sam, "calendar_effects", "sensitivity", "calendar-month effects "
                               "identified by hospitals not yet live (least-squares centring): "
                               "guards against a shock shared by all hospitals, but a month without "
                               "a death among them leaves it not estimable (1% of simulator "
-                              "replicates) and it was no less biased under the simulated shock",
+                              "replicates, 5% with a calendar shock), and it was no less biased "
+                              "under the simulated shock",
                               params={"calendar_effects": True, "calendar_centering": "ls"})]
                   if window == 30 else []),
                 _staggered(sam, "no_critical_casemix", "sensitivity", "the IPSO practices may "
