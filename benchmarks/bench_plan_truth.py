@@ -120,9 +120,13 @@ def run_replicate(seed: int, scenario: str, level: str, sites: int, scale: float
     if level == "collaborative":
         store = estimate_all(data, plan, scopes="collaborative", roles=roles or ["primary"],
                              estimands=estimands, specs=specs)
-        for _, r in store.frame[store.frame["component"] == "effect"].iterrows():
+        f = store.frame
+        pre = f[f["component"] == "pretrend_test"]
+        pretrend = {(r["estimand"], r["spec"], r["variant"]): r["p_value"] for _, r in pre.iterrows()}
+        for _, r in f[f["component"] == "effect"].iterrows():
             tr = truth["estimands"].get(TRUTH_KEYS.get(r["estimand"], ""), None)
-            rows.append(_row(seed, scenario, r, tr))
+            rows.append(_row(seed, scenario, r, tr,
+                             pretrend.get((r["estimand"], r["spec"], r["variant"]), np.nan)))
     else:
         store = estimate_all(data, plan, scopes="sites", estimands=estimands or ["sam30"],
                              roles=roles or ["primary", "sensitivity"], specs=specs)
@@ -135,12 +139,16 @@ def run_replicate(seed: int, scenario: str, level: str, sites: int, scale: float
     return rows
 
 
-def _row(seed, scenario, r, truth) -> dict:
+def _row(seed, scenario, r, truth, pretrend_p: float = np.nan) -> dict:
     spec = r["spec"] + (f" [{r['variant']}]" if r["variant"] else "")
     return {"seed": seed, "scenario": scenario, "estimand": r["estimand"], "scope": r["scope"],
             "spec": spec, "role": r["role"], "status": r["status"], "truth": truth,
             "estimate": r["estimate"], "lower": r["lower"], "upper": r["upper"], "se": r["se"],
-            "interval_df": (r["n_sites"] - 1) if r["estimator"] == "its_staggered" else np.nan}
+            "interval_df": (r["n_sites"] - 1) if r["estimator"] == "its_staggered" else np.nan,
+            # p-value of the joint pre-trend test of the leads (imputation estimator; NaN else)
+            "pretrend_p": pretrend_p,
+            # why a row is not estimable (one line)
+            "note": "" if r["status"] == "ok" else str(r.get("note", "") or "")[:200]}
 
 
 def _truths(seed: int, scenario: str, level: str, sites: int, scale: float) -> dict:
@@ -198,8 +206,30 @@ def summarise(df: pd.DataFrame, sites: int = 57) -> pd.DataFrame:
         "coverage_t_pct": 100 * g["covers_t"].mean(),
         "reject_pct": 100 * g["rejects"].mean(),
         "reject_t_pct": 100 * g["rejects_t"].mean(),
+        # size of the pre-trend test (no scenario has a pre-trend): share of p < 0.05 among the
+        # replicates with a test (imputation estimator, primary or params event_study)
+        "pretrend_tests": g["pretrend_p"].count() if "pretrend_p" in ok else 0,
+        "pretrend_reject_pct": (100 * g["pretrend_p"].apply(lambda p: (p.dropna() < 0.05).mean()
+                                                            if p.notna().any() else np.nan)
+                                if "pretrend_p" in ok else np.nan),
         "sec_per_rep": g["seconds"].mean(),
     })
+
+
+def markdown_rows(summary: pd.DataFrame, scenario: str, replicates: int) -> list[str]:
+    """Rows of the RESULTS.md table (estimand, spec, scenario, replicates, geometric-mean bias
+    with its MC SE, coverage with its MC SE, share of intervals excluding 1 (type-I error under
+    ``null``, power otherwise), pre-trend test rejections, not estimable)."""
+    out = []
+    for (est, spec), r in summary.iterrows():
+        pre = ("-" if not r["pretrend_tests"] else f"{r['pretrend_reject_pct']:.1f}%")
+        rej = f"{r['reject_pct']:.1f}%" + (" (type I)" if scenario == "null" else "")
+        out.append(f"| `{est}` | {spec} | {scenario} | {replicates} | "
+                   f"{r['gm_bias_pct']:+.2f}% ({r['gm_bias_mc_se_pct']:.2f}) | "
+                   f"{r['emp_sd_log']:.3f} / {r['mean_se_log']:.3f} | "
+                   f"{r['coverage_pct']:.1f}% ({r['coverage_mc_se']:.1f}) | {rej} | {pre} | "
+                   f"{int(r['not_estimable'])} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     "level: primary,sensitivity)")
     ap.add_argument("--specs", default=None, help="comma-separated specification names (default: all)")
     ap.add_argument("--summary", action="store_true", help="only summarise --out")
+    ap.add_argument("--markdown", action="store_true",
+                    help="also print the summary as rows of the RESULTS.md table")
     ap.add_argument("--refresh-truth", action="store_true",
                     help="recompute the truth column of --out from the simulator")
     a = ap.parse_args(argv)
@@ -256,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.read_csv(a.out)
     df = df[df["seed"].between(a.seed0, a.seed0 + a.replicates - 1)]
     print(f"scenario={a.scenario} level={a.level} replicates={df['seed'].nunique()}")
-    print(summarise(df, a.sites).round(4).to_string())
+    summary = summarise(df, a.sites)
+    print(summary.round(4).to_string())
+    if a.markdown:
+        print("\n".join(markdown_rows(summary, a.scenario, df["seed"].nunique())))
     return 0
 
 

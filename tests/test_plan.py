@@ -63,8 +63,16 @@ def test_default_plan_states_the_estimands():
     p = m.primary
     assert (p.estimator, p.transition, p.time_point, p.interval, p.covariance) == (
         "its_staggered", 6, 12, "t", "cluster")
-    assert p.params == {"site_trends": False, "calendar_centering": "ls"}
+    # plan 2026.12-2 (validation in benchmarks/RESULTS.md): one common trend and seasonality, no
+    # calendar-month effects (those stay as a sensitivity analysis, least-squares centring)
+    assert p.params == {"site_trends": False, "calendar_effects": False}
     assert "event months 6-18" in p.describe()
+    cal = m.spec("calendar_effects")
+    assert cal.role == "sensitivity" and cal.estimator == "its_staggered"
+    assert cal.params == {"site_trends": False, "calendar_effects": True, "calendar_centering": "ls"}
+    assert "calendar_effects" not in {s.name for s in plan.get("sam3", "collaborative").specs}
+    assert plan.primary("recognition", "collaborative").params == {
+        "site_trends": True, "calendar_centering": "robust"}
     assert m.spec("its_multisite").role == "sensitivity"
     assert m.spec("its_multisite").params == {"site_trends": False}
     assert m.spec("site_trends").params == {} and m.spec("site_trends").role == "sensitivity"
