@@ -310,10 +310,6 @@ def statistical_methods(r: CollaborativeReport) -> None:
 
         _figure(r, "Calibration of the case-mix model",
                 lambda: ep.calibration_figure(r.store, min_cell=r.min_cell))
-    _show(f"**Privacy.** Counts from 1 to {r.min_cell - 1} are not shown (CMS cell-size policy), "
-          "nor any total, difference or rate from which one could be worked out. Hospitals "
-          "appear under pseudonyms that do not follow size or name; no episode or patient "
-          "identifier, exact time or date of birth is published.")
 
 
 def results_heading(r: CollaborativeReport) -> None:
@@ -382,9 +378,11 @@ def _pretrend_words(r: CollaborativeReport, estimand: str) -> str:
     verdict = ("no evidence that the months before go-live differ from 1"
                if t["p_value"] >= 0.05 else "the months before go-live differ from 1: the "
                "pre-go-live trends may not predict the untreated months well")
-    return (f"**{mt.md_text(label)}.** Pre-trend test over {leads} months before go-live: "
-            f"F = {t['statistic']:.2f} on {int(t['df'])} and {int(t['n_sites'] - t['df'])} "
-            f"degrees of freedom, p {p} ({verdict}).")
+    den = int(t["n_sites"] - t["df"]) if np.isfinite(t.get("n_sites", math.nan)) else 0
+    stat = (f"F = {t['statistic']:.2f} on {int(t['df'])} and {den} degrees of freedom, "
+            if den > 0 and np.isfinite(t["statistic"]) else "")
+    return (f"**{mt.md_text(label)}.** Pre-trend test, jointly over the {leads} months before "
+            f"go-live: {stat}p {p} ({verdict}).")
 
 
 def _funnel_words(r: CollaborativeReport) -> str:
@@ -396,11 +394,13 @@ def _funnel_words(r: CollaborativeReport) -> str:
     c = oe[(oe["component"] == "oe") & (oe["scope"] == "collaborative")]
     flagged = c[c["quantity"] == "hospitals flagged"]
     n = len(r.run.sites)
-    words = expected_flags_sentence(n)
-    if len(flagged) and np.isfinite(flagged["n_sites"].iloc[0]):
-        k = int(flagged["n_sites"].iloc[0])
-        words = (f"{band_count(k, r.min_cell) if k else 'No'} "
-                 f"hospital{'s' if k != 1 else ''} outside the 99.8% limits. " + words)
+    words = (expected_flags_sentence(n) if n * 0.002 >= 0.5 else
+             f"With {n} hospitals, fewer than one would be expected outside the 99.8% limits by "
+             "chance alone.")
+    if len(flagged) and np.isfinite(flagged["estimate"].iloc[0]):
+        k = int(flagged["estimate"].iloc[0])
+        words = (f"{k if k else 'No'} hospital{' was' if k == 1 else 's were'} outside the "
+                 "99.8% limits. " + words)
     return mt.md_text(words)
 
 
@@ -423,6 +423,7 @@ def recognition_chart(r: CollaborativeReport) -> None:
                           detect_shifts=True)
         ax = ch.plot(title="Sepsis episodes recognised per 1,000 admissions, all hospitals",
                      ylabel="per 1,000 admissions")
+        ax.set_xlabel("Calendar month")
         fig = _fig_from(ax)
         fig.set_size_inches(7.0, 3.6)
         fig.tight_layout()
@@ -459,6 +460,7 @@ def bundle_grid(r: CollaborativeReport) -> None:
         ax = spc.pp_chart(coll, "month", "bundle_compliant", "episodes", detect_shifts=True,
                           multiply=100).plot(title="Bundle compliance, all hospitals (%)",
                                              ylabel="% of episodes")
+        ax.set_xlabel("Calendar month")
         fig = _fig_from(ax)
         fig.set_size_inches(7.0, 3.6)
         fig.tight_layout()
@@ -519,7 +521,18 @@ def sensitivity_analyses(r: CollaborativeReport) -> None:
 
     _show(sensitivity_text(r.store))
     _table(r, "Sensitivity analyses", lambda: T.sensitivity_table(r.store, min_cell=r.min_cell))
-    _figure(r, "Sensitivity analyses", lambda: ep.sensitivity_figure(r.store))
+    f = r.store.frame
+    sens = f[(f["scope"] == "collaborative") & (f["role"] == "sensitivity")]
+    have = [e.id for e in r.plan.at_level("collaborative") if e.id in set(sens["estimand"])]
+    own = [e for e in have if (sens.loc[sens["estimand"] == e, "spec"] == "rambachan_roth").any()]
+    for est in own:  # the staggered primaries: many sensitivity analyses each, one figure each
+        label = r.plan.get(est, "collaborative").label
+        _figure(r, f"Sensitivity analyses ({label})", lambda est=est, label=label: ep.sensitivity_figure(
+            r.store, estimands=[est], name=f"sensitivity-{ep._slug(label)}"))
+    rest = [e for e in have if e not in own]
+    if rest:
+        _figure(r, "Sensitivity analyses", lambda: ep.sensitivity_figure(
+            r.store, estimands=rest, name="sensitivity-analyses"))
 
 
 def sensitivity_text(store: Any) -> str:
@@ -539,16 +552,15 @@ def sensitivity_text(store: Any) -> str:
              "primary analysis is kept whatever they show; agreement means the conclusion does "
              "not rest on that assumption.", ""]
     for d in specs.values():
-        reason = d["reason"].rstrip(".")
-        lines.append(f"- **{mt.md_text(d['label'])}**: {mt.md_text(reason[:1].lower() + reason[1:])} "
-                     f"({mt.md_text(mt._join(d['estimands']))}).")
+        reason = d["reason"].rstrip(".?! ")
+        lines.append(f"- **{mt.md_text(d['label'])}** ({mt.md_text(mt._join(d['estimands']))}): "
+                     f"{mt.md_text(reason[:1].upper() + reason[1:])}.")
     f = store.frame
     rr = f[(f["component"] == "effect") & (f["scope"] == "collaborative")
-           & f["bound_lower"].notna()] if "component" in f else f.iloc[0:0]
+           & (f["spec"] == "rambachan_roth") & f["bound_lower"].notna()] if "component" in f else f.iloc[0:0]
     for est, g in rr.groupby("estimand", sort=False):
         label = plan.get(est, "collaborative").label
-        parts = [f"M = {str(x['variant']).replace('M=', '').replace('M = ', '')}: "
-                 f"{T.format_number(x['bound_lower'])} to {T.format_number(x['bound_upper'])}"
+        parts = [f"{x['variant']}: {T._bound(x['bound_lower'])} to {T._bound(x['bound_upper'])}"
                  for _, x in g.iterrows()]
         lines += ["", f"Rambachan-Roth bounds for {mt.md_text(mt._lower(label))} (identified set "
                   "when the post-go-live departure from the trend may be up to M times the "
