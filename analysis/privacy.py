@@ -806,6 +806,9 @@ def _add_image(doc: _Doc, mime: str, data: bytes) -> None:
         doc.texts += list(png_text(data).values())
 
 
+_SCRIPT_BLOCK = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+
+
 def _read_html(doc: _Doc, raw: str) -> None:
     for m in _IMG_TAG.finditer(raw):
         src = re.search(r"""\bsrc\s*=\s*["']?(data:[^"'\s>]+)""", m.group(0), re.IGNORECASE)
@@ -816,7 +819,12 @@ def _read_html(doc: _Doc, raw: str) -> None:
                     _add_image(doc, d.group(1), _decode_data_uri(d))
                 except ValueError:
                     doc.findings.append(Finding(doc.path, "parse_error", "an embedded image could not be decoded"))
+    # an "<svg" inside a <script> is a string of a library (Quarto's tippy.js tooltip arrow), not
+    # a figure; its text is still read below with the rest of the page
+    scripts = [(m.start(), m.end()) for m in _SCRIPT_BLOCK.finditer(raw)]
     for m in _INLINE_SVG.finditer(raw):
+        if any(a <= m.start() < b for a, b in scripts):
+            continue
         doc.svgs.append(m.group(0))
         doc.texts += svg_text(m.group(0))
     # the page without images and embedded files: what text checks read
