@@ -352,6 +352,9 @@ def primary_results(r: CollaborativeReport) -> None:
     _show(_funnel_words(r))
     _show("#### Survival and length of stay")
     _figure(r, "Survival curves", lambda: ep.curves_figure(r.store, min_cell=r.min_cell))
+    if any(e.id == "hospital_days" for e in r.plan.at_level("collaborative")):
+        _figure(r, "Length of stay curves", lambda: ep.curves_figure(
+            r.store, estimand="hospital_days", min_cell=r.min_cell))
     _show("#### Bundle compliance by hospital")
     bundle_grid(r)
 
@@ -479,8 +482,11 @@ def bundle_grid(r: CollaborativeReport) -> None:
             raise ValueError(sm.reason)
         sm = sm[sm["episodes"] > 0].copy()
         sm["phase"] = np.where(sm["post"], "after", "before")
-        fc = spc.facet_charts(sm, "pp", "site_id", x="month", y="bundle_compliant", n="episodes",
+        sm = sm.rename(columns={"site_id": "hospital"})  # the caption names the facet column
+        fc = spc.facet_charts(sm, "pp", "hospital", x="month", y="bundle_compliant", n="episodes",
                               labels=r.run.pseudonyms, part="phase", multiply=100)
+        # pseudonym order A, B, ..., Z, AA, AB (not A, AA, AB, ..., B)
+        fc.charts = dict(sorted(fc.charts.items(), key=lambda kv: (len(kv[0]), kv[0])))
         figs = fc.pages(max_rows=5, title="Bundle compliance by hospital (%)")
         out = []
         for i, fig in enumerate(figs, 1):
