@@ -165,9 +165,21 @@ def _text_of(path: Path) -> str:
 
         reader = PdfReader(str(path))
         meta = reader.metadata or {}
-        return "\n".join([*(page.extract_text() or "" for page in reader.pages),
+        return "\n".join([*(_without_page_number(page.extract_text() or "", i)
+                            for i, page in enumerate(reader.pages, 1)),
                           *(str(v) for v in meta.values())])
     raise ValueError(f"no text extraction for {path.suffix}")
+
+
+def _without_page_number(text: str, number: int) -> str:
+    """A PDF page's text without its page-number footer (a first or last line that is just the
+    page's number): the number would otherwise join the sentence that runs across the page
+    break ("... in-hospital 12 death within ...") and read as a count to the scanner."""
+    lines = text.splitlines()
+    for idx in (-1, 0):
+        if lines and lines[idx].strip() == str(number):
+            lines.pop(idx)
+    return "\n".join(lines)
 
 
 def scan_candidates(paths: Sequence[Path], *, forbidden: Iterable[str], min_cell: int,

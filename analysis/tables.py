@@ -461,6 +461,11 @@ class PubTable:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    def _repr_markdown_(self) -> str:
+        """The pipe table (:meth:`to_markdown`): what Quarto puts into non-HTML formats (Typst
+        PDF, docx), which drop ``text/html`` outputs; HTML renderers keep the great-tables HTML."""
+        return self.to_markdown()
+
     def to_markdown(self, *, caption: bool = True) -> str:
         """A pipe table for a Quarto/pandoc manuscript (spanners folded into the labels, group
         headings as bold rows), then the caption ``: Title {#tbl-name}`` and the footnotes."""

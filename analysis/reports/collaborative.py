@@ -487,7 +487,7 @@ def bundle_grid(r: CollaborativeReport) -> None:
                               labels=r.run.pseudonyms, part="phase", multiply=100)
         # pseudonym order A, B, ..., Z, AA, AB (not A, AA, AB, ..., B)
         fc.charts = dict(sorted(fc.charts.items(), key=lambda kv: (len(kv[0]), kv[0])))
-        figs = fc.pages(max_rows=5, title="Bundle compliance by hospital (%)")
+        figs = fc.pages(max_rows=4, title="Bundle compliance by hospital (%)")
         out = []
         for i, fig in enumerate(figs, 1):
             out.append(ReportFigure(
@@ -533,12 +533,19 @@ def sensitivity_analyses(r: CollaborativeReport) -> None:
     own = [e for e in have if (sens.loc[sens["estimand"] == e, "spec"] == "rambachan_roth").any()]
     for est in own:  # the staggered primaries: many sensitivity analyses each, one figure each
         label = r.plan.get(est, "collaborative").label
-        _figure(r, f"Sensitivity analyses ({label})", lambda est=est, label=label: ep.sensitivity_figure(
-            r.store, estimands=[est], name=f"sensitivity-{ep._slug(label)}"))
+        _figure(r, f"Sensitivity analyses ({label})", lambda est=est, label=label: _titled(
+            ep.sensitivity_figure(r.store, estimands=[est], name=f"sensitivity-{ep._slug(label)}"),
+            label))
     rest = [e for e in have if e not in own]
     if rest:
-        _figure(r, "Sensitivity analyses", lambda: ep.sensitivity_figure(
-            r.store, estimands=rest, name="sensitivity-analyses"))
+        _figure(r, "Sensitivity analyses", lambda: _titled(ep.sensitivity_figure(
+            r.store, estimands=rest, name="sensitivity-analyses"), "Other estimands"))
+
+
+def _titled(rf: Any, what: str) -> Any:
+    """`rf` with its caption starting with what it shows."""
+    rf.caption = f"{what}: {rf.caption[:1].lower()}{rf.caption[1:]}"
+    return rf
 
 
 def sensitivity_text(store: Any) -> str:
