@@ -125,10 +125,28 @@ def setup(data_dir: Any = None, *, as_of: str | None = None, min_cell: int = pri
     store = shared.get("store")
     if isinstance(store, rp.NotEstimable):
         store = None
+    from ..exports import resolve_export_dir
+
     exp = export_dir_for(shared_dir, export_dir)
+    if exp is not None and resolve_export_dir(export_dir) is None:  # the batch run's own folder
+        _clear_export(exp)
     params = {"as_of": as_of, "min_cell": min_cell, "formats": formats}
     return CollaborativeReport(run, shared, store, shared.plan, FigureRegistry(exp),
                                TableRegistry(exp), params, renderer)
+
+
+def _clear_export(export: Path) -> None:
+    """Remove a previous run's exported figures and tables from the batch run's export folder
+    (this report is its only writer), so ``ipso publish`` never picks up a stale file (e.g. a
+    page of the hospital grid that this run no longer draws)."""
+    from ..exports import FIGURES_DIR, TABLES_DIR
+
+    for sub in (FIGURES_DIR, TABLES_DIR):
+        d = export / sub
+        if d.is_dir():
+            for f in d.iterdir():
+                if f.is_file() and f.suffix in (".pdf", ".png", ".json", ".csv", ".docx", ".tex", ".md"):
+                    f.unlink()
 
 
 def _show(md: str) -> None:
