@@ -173,17 +173,31 @@ def _with_alt(svg: str, alt: str) -> str:
 
 
 def display_figure(fig, *, caption: str | None = None, alt: str | None = None,
-                   tight: bool | None = None) -> None:
+                   tight: bool | None = None, safe: bool | None = None) -> None:
     """Show `fig` in the notebook as SVG with real text (alt text in its ``<title>``), then its
     caption in italics, and close it. `tight`: crop to the drawn area (default: figures with at
-    most 12 panels; larger small-multiple grids are shown at their canvas size)."""
+    most 12 panels; larger small-multiple grids are shown at their canvas size). `safe`: True =
+    drawn from the results store or suppressed aggregates, shown as SVG marked for the output
+    scanner (:func:`analysis.privacy.mark_figure_svg`); False = shown as a raster PNG (its text
+    in a PNG chunk for the scanner: exact coordinates would give back what was plotted); None =
+    unmarked SVG (not for published reports)."""
     from .plotting import figure_svg
     from .reporting import Md, escape_text, show
 
     if tight is None:
         tight = len(fig.axes) <= 12
-    svg = figure_svg(fig, tight=tight)
-    show(SvgFigure(_with_alt(svg, alt) if alt else svg))
+    if safe is False:
+        from .privacy import publishable_figure
+
+        show(publishable_figure(fig, from_suppressed_aggregates=False, tight=tight))
+    else:
+        svg = figure_svg(fig, tight=tight)
+        svg = _with_alt(svg, alt) if alt else svg
+        if safe:
+            from .privacy import mark_figure_svg
+
+            svg = mark_figure_svg(svg)
+        show(SvgFigure(svg))
     if caption:
         show(Md(f"*{escape_text(caption)}*"))
 
@@ -232,7 +246,7 @@ class FigureRegistry:
             record = FigureRecord(name, caption, alt, safe, provenance)
         self.records[name] = record
         if self.display:
-            display_figure(fig, caption=caption, alt=alt, tight=tight)
+            display_figure(fig, caption=caption, alt=alt, tight=tight, safe=safe)
         else:
             plt.close(fig)
         return record

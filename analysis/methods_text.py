@@ -549,8 +549,11 @@ def limitations_section(plan: Any, store: Any = None, *, quality: Mapping[str, A
                 k = int((g["status"] != "ok").sum())
                 if k:
                     reasons = sorted({_prose(x, plan) for x in g.loc[g["status"] != "ok", "status_reason"] if x})
-                    parts.append(f"{md_text(_lower(str(g['label'].iloc[0])))}: {k} of {len(g)} "
-                                 f"hospitals ({'; '.join(reasons) or 'not estimable'})")
+                    # hospitals first: "<label> (all recognised episodes): 4 of ..." reads
+                    # as a count of episodes
+                    parts.append(f"{k} of {len(g)} hospitals for "
+                                 f"{md_text(_lower(str(g['label'].iloc[0])))} "
+                                 f"({'; '.join(reasons) or 'not estimable'})")
             if parts:
                 items.append("**Hospitals without an own estimate.** " + "; ".join(parts) + ". "
                              "Their results rest on the collaborative estimate and on the "

@@ -807,6 +807,8 @@ def _add_image(doc: _Doc, mime: str, data: bytes) -> None:
         doc.texts += list(png_text(data).values())
 
 
+
+
 def _read_html(doc: _Doc, raw: str) -> None:
     for m in _IMG_TAG.finditer(raw):
         src = re.search(r"""\bsrc\s*=\s*["']?(data:[^"'\s>]+)""", m.group(0), re.IGNORECASE)

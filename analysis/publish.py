@@ -165,7 +165,8 @@ def _text_of(path: Path) -> str:
 
         reader = PdfReader(str(path))
         meta = reader.metadata or {}
-        return "\n".join([*(page.extract_text() or "" for page in reader.pages),
+        return "\n".join([*(privacy._without_page_number(page.extract_text() or "", i)
+                            for i, page in enumerate(reader.pages, 1)),
                           *(str(v) for v in meta.values())])
     raise ValueError(f"no text extraction for {path.suffix}")
 
@@ -324,6 +325,16 @@ def _figure_md(name: str, record: Mapping[str, Any], fmt: str) -> str:
             f"{{#fig-{name} fig-alt=\"{alt}\"}}\n")
 
 
+#: Order of the manuscript's result figures by name prefix (the collaborative report's order).
+_FIGURE_ORDER = ("primary-estimates", "event-study", "recognition", "site-effects", "funnel",
+                 "curves", "bundle-compliance")
+
+
+def _figure_order(name: str) -> tuple[int, str]:
+    return (next((i for i, p in enumerate(_FIGURE_ORDER) if name.startswith(p)),
+                 len(_FIGURE_ORDER)), name)
+
+
 def _manuscript(title: str, blocks: Mapping[str, str], tables: Mapping[str, str],
                 figures: Mapping[str, Mapping[str, Any]], fmt: str) -> str:
     """The manuscript as a Quarto document for `fmt` ("typst" or "docx")."""
@@ -343,7 +354,9 @@ def _manuscript(title: str, blocks: Mapping[str, str], tables: Mapping[str, str]
     parts = ["\n".join(front)]
 
     def fig(name: str) -> None:
-        if name in figures:
+        # only figures safe to publish: an unsafe one (e.g. monthly counts of one hospital) is
+        # left out of the bundle, so it must not travel inside the manuscript either
+        if name in figures and figures[name].get("safe") is True:
             parts.append(_figure_md(name, figures[name], img))
 
     parts.append(blocks.get("summary", ""))
@@ -353,7 +366,7 @@ def _manuscript(title: str, blocks: Mapping[str, str], tables: Mapping[str, str]
     for t in ("table-one", "primary-estimands"):
         if t in tables:
             parts.append(tables[t])
-    for name in figures:
+    for name in sorted(figures, key=_figure_order):
         if not name.startswith(("sensitivity", "calibration")):
             fig(name)
     if "process-outcome" in tables:

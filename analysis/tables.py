@@ -94,7 +94,23 @@ def format_estimate_ci(est: Any, lower: Any = None, upper: Any = None, *, digits
     e = format_number(est, digits)
     if _missing(lower) or _missing(upper):
         return e
-    return f"{e} ({format_number(lower, digits)}{sep}{format_number(upper, digits)})"
+    return f"{e} ({_bound(lower, digits)}{sep}{_bound(upper, digits)})"
+
+
+#: Interval bounds beyond this are printed as ">1,000" (a ratio's bound past it says only
+#: "unbounded in practice"; its digits are noise).
+BOUND_LIMIT = 1000.0
+
+
+def _bound(x: Any, digits: int = 2) -> str:
+    """An interval bound: ">1,000" above :data:`BOUND_LIMIT`, "<0.01" for a positive bound that
+    rounds to zero, else :func:`format_number`."""
+    v = float(x)
+    if v > BOUND_LIMIT:
+        return f">{BOUND_LIMIT:,.0f}"
+    if 0 < v < 0.5 * 10 ** -digits:
+        return f"<{10 ** -digits:.{digits}f}"
+    return format_number(v, digits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +126,13 @@ SPEC_LABELS: dict[str, str] = {
     "crude_pre_post": "Crude before/after comparison",
     "site_eb": "Hospital's time series shrunk toward all hospitals (empirical Bayes)",
     "site_its": "Hospital's own time series",
+    "its_staggered": "Imputation estimator for staggered go-lives",
+    "placebo_in_time": "Placebo in time (go-live moved 12 months earlier)",
+    "leave_one_wave_out": "Leave one wave out",
+    "transition_0": "No phase-in (transition of 0 months)",
+    "transition_12": "12-month phase-in",
+    "panel_hac": "Panel Newey-West (HAC) covariance",
+    "rambachan_roth": "Rambachan-Roth bounds",
 }
 #: Estimator keys -> readable names (used for specifications not in :data:`SPEC_LABELS`).
 ESTIMATOR_LABELS: dict[str, str] = {
@@ -437,6 +460,11 @@ class PubTable:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+    def _repr_markdown_(self) -> str:
+        """The pipe table (:meth:`to_markdown`): what Quarto puts into non-HTML formats (Typst
+        PDF, docx), which drop ``text/html`` outputs; HTML renderers keep the great-tables HTML."""
+        return self.to_markdown()
 
     def to_markdown(self, *, caption: bool = True) -> str:
         """A pipe table for a Quarto/pandoc manuscript (spanners folded into the labels, group
