@@ -514,8 +514,8 @@ def _site_fits(ctx: EstimationContext, est: Estimand, spec: Specification) -> di
         return out
     paths: dict[str, pd.DataFrame] = {}
     fits = ctx._cached(key, run)
-    if paths:
-        ctx.cache[("site_paths", *key)] = paths
+    if paths:  # the key _path_rows looks up: ("site_paths", <the fit key without its tag>)
+        ctx.cache[("site_paths", *key[1:])] = paths
     return fits
 
 
