@@ -15,7 +15,6 @@ import warnings
 
 import nbformat
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis import contract, privacy, render

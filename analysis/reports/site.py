@@ -53,10 +53,28 @@ from .. import reporting as rp
 from .. import wording as W
 
 __all__ = [
-    "MORTALITY", "PROCESSES", "SiteReport", "SiteSummary", "chart_rules", "control_charts",
-    "control_chart_set", "data_quality", "effects", "effects_table", "footer", "funnel",
-    "header", "its_figure", "load", "methods", "process_table", "summary", "summary_markdown",
-    "summary_parts", "survival", "table_one",
+    "MORTALITY",
+    "PROCESSES",
+    "SiteReport",
+    "SiteSummary",
+    "chart_rules",
+    "control_chart_set",
+    "control_charts",
+    "data_quality",
+    "effects",
+    "effects_table",
+    "footer",
+    "funnel",
+    "header",
+    "its_figure",
+    "load",
+    "methods",
+    "process_table",
+    "summary",
+    "summary_markdown",
+    "summary_parts",
+    "survival",
+    "table_one",
 ]
 
 #: The mortality estimand of the summary.
@@ -68,6 +86,13 @@ PROCESSES: tuple[str, ...] = ("screen_positive", "huddle", "order_set", "bundle"
 ITS_ESTIMANDS: tuple[str, ...] = ("sam30", "recognition", "hospital_days")
 #: Periods the control charts may pool months into (the coarsest when counts are small).
 CHART_PERIODS: tuple[int, ...] = (1, 3, 6, 12)
+#: Control-chart points aim at this many times the smallest publishable count of expected
+#: events (and non-events, and times) per point, so that few points rest on a count that must be
+#: blanked (a Poisson count with mean 22 is below 11 about 1% of the time; with mean 11, 44%).
+CHART_TARGET_FACTOR: float = 2.0
+#: A chart with more than this share of its points blanked (small counts) is not shown: the
+#: points left would be a biased selection.
+MAX_BLANKED_SHARE: float = 0.25
 COLLABORATIVE = "collaborative"
 
 
@@ -199,8 +224,8 @@ def _show_store_figure(figure: Any) -> None:
     """A :class:`analysis.figures.ReportFigure` drawn from publishable store rows: marked SVG
     (vector; nothing behind it is a small count) with its alt text, then its caption."""
     from ..figures import _with_alt
-    from ..privacy import VectorFigure, mark_figure_svg
     from ..plotting import figure_svg
+    from ..privacy import VectorFigure, mark_figure_svg
 
     svg = figure_svg(figure.fig, tight=len(figure.fig.axes) <= 12)
     rp.show(VectorFigure(mark_figure_svg(_with_alt(svg, figure.alt))))
@@ -254,6 +279,7 @@ def _mortality_sentences(rep: SiteReport) -> tuple[list[str], bool]:
         reason = "" if r is None else str(r.get("status_reason") or "")
         if r is None or reason.startswith("too few"):
             out.append(W.too_few_sentence(m))
+            out.append(_rule_sentence(rep))
         else:
             out.append(W.not_estimable_sentence(m, _plain_reason(reason)))
     if _ok(coll):
@@ -261,6 +287,18 @@ def _mortality_sentences(rep: SiteReport) -> tuple[list[str], bool]:
                                      role="primary", kind="collaborative", level=rep.level,
                                      subject="Across all hospitals"))
     return out, estimable
+
+
+def _rule_sentence(rep: SiteReport) -> str:
+    """The plan's too-little-information rule in words (its threshold is on expected deaths from
+    the case-mix model, never an observed count)."""
+    from ..pooling import MIN_EXPECTED_EVENTS
+
+    e = rep.estimand(MORTALITY)
+    spec = next((sp for sp in (e.specs if e is not None else ()) if sp.estimator == "site_eb"), None)
+    k = float(spec.params.get("min_expected_events", MIN_EXPECTED_EVENTS)) if spec else MIN_EXPECTED_EVENTS
+    return (f"The analysis plan's rule: a hospital's own effect is estimated only with at least "
+            f"{k:g} expected deaths (case-mix model) both before go-live and from go-live on.")
 
 
 def _crude(rep: SiteReport, estimand: str, scope: str) -> float:
@@ -344,30 +382,35 @@ def _funnel_sentences(rep: SiteReport) -> list[str]:
         return [f"How this hospital's risk-adjusted {m.name} compares with the other hospitals "
                 "is not estimable from these data."]
     r = own.iloc[0]
-    n_units = int(len(sites))
+    n_units = len(sites)
     period = "after go-live"
     out = []
     ratio = float(r["estimate"])
-    if np.isfinite(float(r["lower"])) and np.isfinite(float(r["upper"])) and ratio > 0:
-        out.append(W.comparison_sentence(ratio, r["lower"], r["upper"],
-                                         W.MeasureWords(f"risk-adjusted {m.name}",
-                                                        f"{period} (observed/expected deaths)"),
-                                         level=rep.level))
-    elif np.isfinite(ratio):
-        out.append(f"After go-live, this hospital's risk-adjusted {m.name} (observed/expected "
-                   f"deaths) was {ratio:.2f} times the collaborative's; its interval is not shown "
-                   "because it rests on a small number of deaths.")
     flag = str(r["flag"] or "")
     if flag:
-        out.append(W.funnel_sentence(flag, m, n_units=n_units, period=period))
+        position = W.funnel_sentence(flag, m, n_units=n_units, period=period)
+        position = position.replace(" " + W.expected_flags_sentence(n_units), "")
     else:
         inside95 = _inside_95(rep, r)
         where = ("within the 95% limits" if inside95 else
                  "outside the 95% but within the 99.8% limits (not flagged: about 1 hospital in "
                  "20 lies there by chance)") if inside95 is not None else "within the 99.8% limits"
-        out.append(f"In the funnel plot it lies {where}: no evidence that its risk-adjusted "
-                   f"{m.name} {period} differs from the collaborative's. "
-                   + W.expected_flags_sentence(n_units))
+        position = (f"In the funnel plot this hospital lies {where}: no evidence that its "
+                    f"risk-adjusted {m.name} {period} differs from the collaborative's.")
+    if np.isfinite(float(r["lower"])) and np.isfinite(float(r["upper"])) and ratio > 0:
+        out.append(W.comparison_sentence(ratio, r["lower"], r["upper"],
+                                         W.MeasureWords(f"risk-adjusted {m.name}",
+                                                        f"{period} (observed/expected deaths)"),
+                                         level=rep.level))
+        out.append(position)
+    else:
+        out.append(position)
+        if np.isfinite(ratio):
+            out.append(f"Its observed/expected deaths after go-live were {ratio:.2f} times the "
+                       "collaborative's ratio; no interval is shown because it would reveal a "
+                       "small number of deaths.")
+    out.append(W.expected_flags_sentence(n_units) + " A hospital is flagged only outside the "
+               "99.8% limits.")
     return out
 
 
@@ -391,8 +434,6 @@ def _inside_95(rep: SiteReport, r: pd.Series) -> bool | None:
 def summary_parts(rep: SiteReport) -> SiteSummary:
     """The summary's three parts (see the module docstring)."""
     mort, estimable = _mortality_sentences(rep)
-    if not estimable:
-        mort.append("How this hospital compares with the others is below.")
     return SiteSummary(mortality=mort, processes=process_table(rep),
                        comparison=_funnel_sentences(rep), estimable=estimable)
 
@@ -406,10 +447,13 @@ def summary_markdown(rep: SiteReport, parts: SiteSummary | None = None) -> tuple
             "and how it compares with the other IPSO hospitals"
             + (f" (data to {rp.escape_text(rp.month_label(pd.Timestamp(str(as_of))))})"
                if as_of else "") + ".*", "",
-            "**1. Mortality.** " + " ".join(rp.escape_text(s) for s in p.mortality), "",
-            "**2. Key processes.**"]
-    tail = ["**3. How this hospital compares** (risk-adjusted mortality after go-live). "
-            + " ".join(rp.escape_text(s) for s in p.comparison)]
+            "### 1. Mortality", "",
+            f"**{rp.escape_text(p.mortality[0])}**", ""]
+    head += [f"- {rp.escape_text(s)}" for s in p.mortality[1:]]
+    head += ["", "### 2. Key processes", ""]
+    tail = ["### 3. How this hospital compares", "",
+            f"**{rp.escape_text(p.comparison[0])}**", ""]
+    tail += [f"- {rp.escape_text(s)}" for s in p.comparison[1:]]
     return "\n".join(head) + "\n", "\n".join(tail) + "\n"
 
 
@@ -466,7 +510,7 @@ def effects_table(rep: SiteReport) -> Any:
             if e.secondary_to and x["role"] == "primary":
                 role = f"Secondary (all recognised episodes): {role.split(': ', 1)[-1].lower()}"
             if x["status"] != "ok":
-                words = ("too few events to estimate this hospital's own effect"
+                words = (f"too few {m.events} to estimate this hospital's own effect"
                          if str(x["status_reason"]).startswith("too few") else "not estimable")
             else:
                 kind = ("pooled" if x["estimator"] == "site_eb" else
@@ -545,6 +589,7 @@ def its_figure(rep: SiteReport) -> None:
         set_theme()
         fig, axes = plt.subplots(1, len(ests), figsize=(7.0, 2.8), squeeze=False)
         blanked = 0
+        clipped = False
         for ax, eid in zip(axes[0], ests):
             g = cf[cf["estimand"] == eid]
             title, ylab = _ITS_TITLES.get(eid, (eid, ""))
@@ -562,8 +607,7 @@ def its_figure(rep: SiteReport) -> None:
                 # some months rest on small counts: drawing only the others (often the months
                 # without any event) would mislead, so no month of this panel is drawn
                 blanked += 1
-                ax.text(0.02, 0.96, "monthly values not shown\n(few events per month)",
-                        transform=ax.transAxes, fontsize=6.5, va="top", color=PALETTE["text"])
+                title += "\n(monthly values not shown: few events)"
             else:
                 ax.plot(obs["x"], obs["estimate"], "o", ms=2.5, color=PALETTE["observed"],
                         label="observed month")
@@ -572,9 +616,17 @@ def its_figure(rep: SiteReport) -> None:
             ax.set_xlabel("Months since go-live", fontsize=7.5)
             ax.set_ylabel(ylab, fontsize=7.5)
             ax.tick_params(labelsize=7)
+            # the axis follows the lines and points, not a band that widens far from the data
+            vals = g.loc[g["quantity"] != "observed" if obs["estimate"].isna().any() else
+                         slice(None), "estimate"].to_numpy(float)
+            top = float(np.nanmax(vals)) * 1.25 if np.isfinite(vals).any() else None
             lo = np.nanmin(pd.concat([g["estimate"], g["lower"]]).to_numpy(float))
-            if np.isfinite(lo) and lo >= 0:
-                ax.set_ylim(bottom=0)
+            bottom = 0.0 if np.isfinite(lo) and lo >= 0 else None
+            if top is not None and top > 0:
+                ax.set_ylim(bottom=bottom, top=top)
+                clipped = clipped or bool((g["upper"] > top).any())
+            elif bottom is not None:
+                ax.set_ylim(bottom=bottom)
         axes[0][0].legend(fontsize=6.5, loc="best")
         fig.tight_layout()
         names = ", ".join(_ITS_TITLES.get(e, (e,))[0].split(":")[0].lower() for e in ests)
@@ -583,6 +635,7 @@ def its_figure(rep: SiteReport) -> None:
                    "trend before go-live predicts without IPSO, with its 95% band."
                    + (" Where some months rest on few events, no month of that measure is drawn."
                       if blanked else "")
+                   + (" Bands running beyond the top of a panel are cut off." if clipped else "")
                    + " The hospital's own series only: noisier than the partially pooled "
                    "mortality estimate of the summary.")
         alt = (f"{len(ests)} panels ({names}) of monthly values against months since go-live, "
@@ -608,6 +661,10 @@ _TIME_CHARTS = (("Minutes to first fluid bolus (median)", "minutes_to_bolus"),
                 ("Minutes to first antibiotic (median)", "minutes_to_antibiotic"))
 
 
+def _target(min_cell: int) -> float:
+    return CHART_TARGET_FACTOR * min_cell
+
+
 def chart_rules(min_cell: int) -> str:
     """The chart-choice rules as this report applies them (:mod:`analysis.spc_choice` with
     ``min_expected`` = ``min_size`` = `min_cell` and periods up to a year, so that points rest
@@ -616,13 +673,14 @@ def chart_rules(min_cell: int) -> str:
 
     return (
         "Mortality, processes and recognition: each point is the shortest of month, quarter, "
-        f"half-year and year with at least {min_cell} expected events (and non-events) per point; "
+        f"half-year and year with at least {_target(min_cell):g} expected events (and non-events) "
+        f"per point (twice the smallest publishable count); "
         "exact binomial or Poisson probability limits (0.00135 each side, never below 0% or "
         "above 100%); the Anhøj runs rules only when that expectation is met, otherwise the "
         f"limits alone; {sc.LANEY_RULE}; the mortality chart never uses Laney's p'. Times: "
         "median charts (distribution-free probability limits from the phase's pooled times, "
         "never below 0 minutes), each point the shortest of month, quarter, half-year and year "
-        f"with at least {min_cell} times on average. Phases are split at go-live; a shift found "
+        f"with at least {_target(min_cell):g} times on average. Phases are split at go-live; a shift found "
         "by the runs rules is marked as a signal, not as a new phase.")
 
 
@@ -659,7 +717,10 @@ def control_chart_set(rep: SiteReport) -> tuple[dict[str, Any], dict[str, str]]:
     failed: dict[str, str] = {}
     go = sm["go_live_month"].iloc[0] if len(sm) and "go_live_month" in sm else None
     mc = rep.min_cell
+    target = _target(mc)
     ep_months = sm[sm["episodes"] > 0].reset_index(drop=True)
+
+    w = max(rep.run.settings.sam_windows_days) if hasattr(rep.run, "settings") else 30
 
     def add(title: str, noun: str, make: Callable[[], Any]) -> None:
         try:
@@ -667,25 +728,37 @@ def control_chart_set(rep: SiteReport) -> tuple[dict[str, Any], dict[str, str]]:
         except (ValueError, ArithmeticError, KeyError) as exc:
             failed[title] = _plain_reason(str(exc))
             return
-        if cc.data["y"].notna().sum() < 2:
+        d = cc.data
+        hidden = int(d["suppressed"].sum()) if "suppressed" in d else 0
+        shown = d[d["y"].notna()]
+        if len(shown) < 2:
             failed[title] = "too few points rest on enough events to be shown"
+            return
+        if hidden and (hidden > MAX_BLANKED_SHARE * len(d) or not (shown["y"] > 0).any()):
+            # drawing only the points that may be shown would hide the low (or the non-zero)
+            # periods and mislead: no chart rather than a biased one
+            failed[title] = (
+                f"deaths are too rare at this hospital for a chart that can be published (even "
+                f"yearly points rest on fewer than {mc} deaths); the effect estimates and the "
+                "funnel plot summarise mortality" if title.startswith(f"{w}-day") else
+                "too many points rest on small counts to chart without revealing them or hiding "
+                "the periods with few events")
             return
         charts[f"{title}\n{_point_words(cc, noun, mc)}"] = cc
 
-    w = max(rep.run.settings.sam_windows_days) if hasattr(rep.run, "settings") else 30
     add(f"{w}-day sepsis-attributable mortality (%)", "episodes", lambda: sc.rare_event_chart(
-        ep_months, "month", f"sam{w}", "episodes", go_live=go, min_expected=mc,
+        ep_months, "month", f"sam{w}", "episodes", go_live=go, min_expected=target,
         periods=CHART_PERIODS, multiply=100.0))
     for title, kind, y, n, mult in _ATTRIBUTE_CHARTS:
         frame = sm[sm[n] > 0].reset_index(drop=True) if n in sm else ep_months
         noun = "admissions" if n == "admissions" else "episodes"
         add(title, noun, lambda frame=frame, kind=kind, y=y, n=n, mult=mult: sc.attribute_chart(
-            frame, "month", y, n, kind=kind, go_live=go, min_expected=mc, periods=CHART_PERIODS,
+            frame, "month", y, n, kind=kind, go_live=go, min_expected=target, periods=CHART_PERIODS,
             multiply=mult))
     ep = rep.run.episodes_for(rep.site_id)
     for title, col in _TIME_CHARTS:
         add(title, "times", lambda col=col: sc.time_chart(
-            ep[["month", col]], "month", col, go_live=go, min_size=mc, periods=CHART_PERIODS))
+            ep[["month", col]], "month", col, go_live=go, min_size=target, periods=CHART_PERIODS))
     return charts, failed
 
 
