@@ -740,6 +740,11 @@ _DATA_URI = re.compile(r"data:([a-z0-9.+/-]+)((?:;[a-z0-9=.+-]+)*?)(;base64)?,([
                        re.IGNORECASE)
 _IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _INLINE_SVG = re.compile(r"<svg\b.*?</svg\s*>", re.IGNORECASE | re.DOTALL)
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+
+
+def _blank(m: re.Match) -> str:
+    return " " * len(m.group(0))
 
 
 def _decode_data_uri(m: re.Match) -> bytes:
@@ -816,7 +821,9 @@ def _read_html(doc: _Doc, raw: str) -> None:
                     _add_image(doc, d.group(1), _decode_data_uri(d))
                 except ValueError:
                     doc.findings.append(Finding(doc.path, "parse_error", "an embedded image could not be decoded"))
-    for m in _INLINE_SVG.finditer(raw):
+    # SVG markup inside a script is a string of code (Quarto's tippy.js holds its tooltip arrow
+    # as one), not a drawn figure: it is read as text below, not as a figure
+    for m in _INLINE_SVG.finditer(_SCRIPT.sub(_blank, raw)):
         doc.svgs.append(m.group(0))
         doc.texts += svg_text(m.group(0))
     # the page without images and embedded files: what text checks read
