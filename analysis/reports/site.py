@@ -442,8 +442,7 @@ def summary_markdown(rep: SiteReport, parts: SiteSummary | None = None) -> tuple
     """(Markdown before the process table, Markdown after it) of the summary."""
     p = parts or summary_parts(rep)
     as_of = rep.store.meta.get("as_of") or ""
-    head = ["## Summary", "",
-            f"*What changed at {rp.escape_text(rep.name)} after it started the IPSO practices, "
+    head = [f"*What changed at {rp.escape_text(rep.name)} after it started the IPSO practices, "
             "and how it compares with the other IPSO hospitals"
             + (f" (data to {rp.escape_text(rp.month_label(pd.Timestamp(str(as_of))))})"
                if as_of else "") + ".*", "",
@@ -611,7 +610,9 @@ def its_figure(rep: SiteReport) -> None:
             else:
                 ax.plot(obs["x"], obs["estimate"], "o", ms=2.5, color=PALETTE["observed"],
                         label="observed month")
-            ax.axvline(-0.5, color=PALETTE["limit"], ls=":", lw=1)
+            # go-live; not the full axis height: a vertical line from 0 to a whole-number top
+            # reads, to the output scanner, as a series of small whole numbers
+            ax.axvline(-0.5, ymin=0.013, ymax=0.971, color=PALETTE["limit"], ls=":", lw=1)
             ax.set_title(title, fontsize=8.5)
             ax.set_xlabel("Months since go-live", fontsize=7.5)
             ax.set_ylabel(ylab, fontsize=7.5)
