@@ -1446,45 +1446,70 @@ PSEUDONYM_PATTERN = r"Hospital [A-Z]{1,3}"
 
 
 class _TableParser(HTMLParser):
-    """Every table of a page: header cells and body rows (cell texts)."""
+    """Every table of a page: header cells and body rows (cell texts). A header of several rows
+    (spanners over column groups, as great-tables writes "Before go-live" over "n") is read as
+    one label per column: the spanner's words, then the column's; a row with a single cell over
+    the whole table (a title) is left out of the labels."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tables: list[dict] = []
         self._stack: list[dict] = []
-        self._row: list[str] | None = None
+        self._row: list[tuple[str, int]] | None = None
         self._cell: list[str] | None = None
+        self._span = 1
         self._head = 0
 
     def handle_starttag(self, tag, attrs):
         if tag == "table":
-            self._stack.append({"header": [], "rows": []})
+            self._stack.append({"header": [], "rows": [], "head_rows": []})
         elif tag == "thead":
             self._head += 1
         elif tag == "tr" and self._stack:
             self._row = []
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
+            span = dict(attrs).get("colspan") or "1"
+            self._span = int(span) if str(span).isdigit() and int(span) > 0 else 1
 
     def handle_endtag(self, tag):
         if tag == "table" and self._stack:
-            self.tables.append(self._stack.pop())
+            t = self._stack.pop()
+            t["header"] = _header_labels(t.pop("head_rows"))
+            self.tables.append(t)
         elif tag == "thead":
             self._head = max(0, self._head - 1)
         elif tag in ("td", "th") and self._cell is not None and self._row is not None:
-            self._row.append(" ".join("".join(self._cell).split()))
+            self._row.append((" ".join("".join(self._cell).split()), self._span))
             self._cell = None
         elif tag == "tr" and self._row is not None and self._stack:
             t = self._stack[-1]
             if self._head and not t["rows"]:
-                t["header"] = self._row
+                t["head_rows"].append(self._row)
             else:
-                t["rows"].append(self._row)
+                t["rows"].append([text for text, _ in self._row])
             self._row = None
 
     def handle_data(self, data):
         if self._cell is not None:
             self._cell.append(data)
+
+
+def _header_labels(rows: list[list[tuple[str, int]]]) -> list[str]:
+    """One label per column from the header rows (see :class:`_TableParser`)."""
+    if not rows:
+        return []
+    width = max(sum(span for _, span in r) for r in rows)
+    labels = [""] * width
+    for r in rows:
+        if len(r) == 1 and r[0][1] >= width > 1:
+            continue  # a title over the whole table
+        col = 0
+        for text, span in r:
+            for k in range(col, min(col + span, width)):
+                labels[k] = f"{labels[k]} {text}".strip()
+            col += span
+    return labels
 
 
 def _tables(html_text: str) -> list[dict]:

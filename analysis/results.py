@@ -514,8 +514,8 @@ def _site_fits(ctx: EstimationContext, est: Estimand, spec: Specification) -> di
         return out
     paths: dict[str, pd.DataFrame] = {}
     fits = ctx._cached(key, run)
-    if paths:
-        ctx.cache[("site_paths", *key)] = paths
+    if paths:  # the key _path_rows looks up: ("site_paths", <the fit key without its tag>)
+        ctx.cache[("site_paths", *key[1:])] = paths
     return fits
 
 
@@ -536,7 +536,9 @@ def _path_rows(ctx: EstimationContext, est: Estimand, spec: Specification, site:
     months = pd.to_datetime(cf["time"])
     since = (months.dt.year - go.year) * 12 + (months.dt.month - go.month)
     per = 1000.0 if VARIABLES[est.variable].kind == "rate" else 1.0
-    denom = cf["exposure"].to_numpy(float) / per if "exposure" in cf else np.ones(len(cf))
+    # the offset of a rate is already in 1,000 admissions (``admissions_k``): dividing by it
+    # gives the rate per 1,000; a case-mix offset (expected events) gives observed / expected
+    denom = cf["exposure"].to_numpy(float) if "exposure" in cf else np.ones(len(cf))
     count = VARIABLES[est.variable].kind not in ("median_time",)
     rows: list[Estimate] = []
     with np.errstate(divide="ignore", invalid="ignore"):

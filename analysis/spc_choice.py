@@ -441,6 +441,49 @@ def bernoulli_cusum(df: pd.DataFrame, outcome: str, risk: str | float, *, odds_r
     return CusumResult(out, float(h), float(odds_ratio), fa)
 
 
+# ---------------------------------------------------------------------------------------------
+# publication: points resting on small counts
+# ---------------------------------------------------------------------------------------------
+
+
+def suppress_small_points(cc: spc.ControlChart, min_cell: int = 11) -> spc.ControlChart:
+    """Blank the points of a chart that rest on a count from 1 to ``min_cell - 1``, for
+    publication (a proportion or rate drawn next to its subgroup size gives the count back).
+
+    Attribute charts (p, p', u, u'): a point is blanked when its events, its non-events (p
+    charts) or its subgroup size is from 1 to ``min_cell - 1``; median and Xbar charts of times:
+    when fewer than `min_cell` times make the point (a median of a few times is one patient's
+    time). Blanked points get ``y`` NaN (not drawn), no signal, and ``suppressed`` True; the
+    limits and centre lines stay (they come from the whole phase). A note says how many points
+    were blanked and why. Returns the same chart, changed in place."""
+    if int(min_cell) != min_cell or min_cell < 1:
+        raise ValueError(f"min_cell must be a positive integer, got {min_cell!r}")
+    d = cc.data
+    n = pd.to_numeric(d["n"], errors="coerce").to_numpy(float)
+
+    def small(v: np.ndarray) -> np.ndarray:
+        r = np.round(v)
+        return (r >= 1) & (r < min_cell)
+
+    if cc.chart in ("p", "pp", "u", "up"):
+        events = d["y"].to_numpy(float) / (cc.multiply or 1.0) * n
+        hide = small(events) | small(n)
+        if cc.chart in ("p", "pp"):
+            hide |= small(n - events)
+    else:
+        hide = np.isfinite(n) & (n < min_cell)
+    hide &= np.isfinite(d["y"].to_numpy(float))
+    d["suppressed"] = hide
+    if hide.any():
+        for col in ("signal", "sigma_signal"):
+            if col in d:
+                d.loc[hide, col] = False
+        d.loc[hide, "y"] = np.nan
+        cc.notes.append(f"points resting on fewer than {min_cell} events (or non-events, or "
+                        "episodes) are not drawn")
+    return cc
+
+
 __all__ = [
     "ATTRIBUTE_RULE",
     "LANEY_ALPHA",
@@ -459,5 +502,6 @@ __all__ = [
     "dispersion_test",
     "period_starts",
     "rare_event_chart",
+    "suppress_small_points",
     "time_chart",
 ]
