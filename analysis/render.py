@@ -364,8 +364,11 @@ def forbidden_strings_for(data_dir: str | Path | None) -> dict[str, Any]:
         from .reporting import load_run
 
         run = load_run(None, run_key="scan")
-        return {"sites": dict(zip(run.sites["site_id"].astype(str), run.sites["site_name"].astype(str))),
-                "ids": run.forbidden_strings(None)}
+        sites = dict(zip(run.sites["site_id"].astype(str), run.sites["site_name"].astype(str)))
+        # the identifiers only: hospitals' ids and names go in "sites", so that a report may
+        # name its own hospital (forbidden_for_report)
+        names = set(sites) | set(sites.values())
+        return {"sites": sites, "ids": [s for s in run.forbidden_strings(None) if s not in names]}
     base = Path(data_dir) if data_dir is not None else DEFAULT_SYNTHETIC_DIR
 
     def read(name: str, columns: list[str]) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import warnings
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -272,3 +273,17 @@ def test_a_quarto_call_that_hangs_is_stopped_and_one_that_fails_reports_quartos_
     assert res.error.startswith("quarto render failed") and "YAMLException" in res.error
     with pytest.raises(ValueError, match="ignores"):
         render.quarto_render_items(item, tmp_path / ".hidden", quarto=str(fail))
+
+
+def test_forbidden_strings_without_the_synthetic_folder_let_a_report_name_its_own_hospital(monkeypatch):
+    """data_dir None and no data/synthetic (a fresh clone before make demo): the collaborative is
+    simulated in memory; a site report may still name its own hospital, never another."""
+    from analysis import reporting
+
+    monkeypatch.setattr(reporting, "DEFAULT_SYNTHETIC_DIR", Path("/nonexistent-ipso-synthetic"))
+    fb = render.forbidden_strings_for(None)
+    own, other = list(fb["sites"])[:2]
+    f = render.forbidden_for_report(fb, own)
+    assert fb["sites"][own] not in f.phrases and own.lower() not in f.words
+    assert fb["sites"][other] in f.phrases and other.lower() in f.words
+    assert fb["ids"], "episode and patient identifiers stay forbidden"
