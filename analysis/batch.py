@@ -848,7 +848,7 @@ class _LocalWorker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
-        from .kernelpool import sweep_kernel_dirs
+        from .kernel_dirs import sweep_kernel_dirs
 
         sweep_kernel_dirs(owner=self.proc.pid)
         for c in (self.tx, self.rx):
@@ -1510,7 +1510,7 @@ def _render_locked(*, data_dir: Path, out_dir: Path, chosen: list[str], collabor
                    inputs_key: str, t_start: float) -> BatchResult:
     """The body of :func:`render_batch`, with the run folder's lock held."""
     from . import privacy
-    from .kernelpool import sweep_kernel_dirs
+    from .kernel_dirs import sweep_kernel_dirs
 
     publish_dir = out_dir / PUBLISH_DIRNAME
     internal = out_dir / INTERNAL_DIRNAME
