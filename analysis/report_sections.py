@@ -276,16 +276,6 @@ def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key:
 
 # ---------------------------------------------------------------------------------------------
 # display helpers
-class SvgFigure:
-    """A figure as SVG text (the ``<svg>`` element); displays as ``image/svg+xml``."""
-
-    def __init__(self, data: str):
-        self.data = data
-
-    def _repr_svg_(self) -> str:
-        return self.data
-
-
 def show_figure(fig, caption: str | None = None, *, from_suppressed_aggregates: bool = False) -> None:
     """Display a Matplotlib figure, then its caption, and close it. As a PNG (its text in a PNG
     chunk the output scanner reads) unless every plotted value passed suppression

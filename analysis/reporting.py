@@ -798,10 +798,7 @@ def compute_shared(data_dir: str | Path | None, shared_dir: str | Path, run_key:
     (working space of the batch run, never published). Notebooks given ``shared_dir`` reuse them
     when they were computed from the same data and cut-off (``parameters["as_of"]``, the batch's
     notebook parameter); see :class:`analysis.report_sections.SharedFits`."""
-    import inspect
-
     from .report_sections import compute_shared as _compute
 
     params = dict(parameters or {})
-    extra = {"plan": params["plan"]} if params.get("plan") and "plan" in inspect.signature(_compute).parameters else {}
-    _compute(data_dir, shared_dir, run_key, as_of=params.get("as_of"), **extra)
+    _compute(data_dir, shared_dir, run_key, as_of=params.get("as_of"), plan=params.get("plan"))

@@ -425,21 +425,30 @@ def _funnel_words(r: CollaborativeReport) -> str:
     return mt.md_text(words)
 
 
+def _publishable_months(r: CollaborativeReport, count: str, denominator: str) -> pd.DataFrame:
+    """All hospitals' monthly `count` over `denominator` for a chart: months with a denominator,
+    small counts blanked (:func:`analysis.reporting.masked_for_plot`) and left out; at least 3
+    months or a ``ValueError``."""
+    from ..measures import monthly_measures
+
+    coll = monthly_measures(r.run.episodes, r.run.site_months, level="collaborative")
+    coll = coll[coll[denominator] > 0].reset_index(drop=True)
+    coll = rp.masked_for_plot(coll, [count, denominator], min_cell=r.min_cell)
+    coll = coll.dropna(subset=[count, denominator]).reset_index(drop=True)
+    if len(coll) < 3:
+        raise ValueError("too few months with publishable counts")
+    return coll
+
+
 def recognition_chart(r: CollaborativeReport) -> None:
     """Laney u' chart of recognised sepsis episodes per 1,000 admissions, all hospitals, by
     calendar month (months whose counts are small are not drawn)."""
     from .. import spc
     from ..figures import ReportFigure
-    from ..measures import monthly_measures
     from ..report_sections import _fig_from
 
     def make():
-        coll = monthly_measures(r.run.episodes, r.run.site_months, level="collaborative")
-        coll = coll[coll["admissions"] > 0].reset_index(drop=True)
-        coll = rp.masked_for_plot(coll, ["episodes", "admissions"], min_cell=r.min_cell)
-        coll = coll.dropna(subset=["episodes", "admissions"]).reset_index(drop=True)
-        if len(coll) < 3:
-            raise ValueError("too few months with publishable counts")
+        coll = _publishable_months(r, "episodes", "admissions")
         ch = spc.up_chart(coll, "month", "episodes", "admissions", multiply=1000,
                           detect_shifts=True)
         ax = ch.plot(title="Sepsis episodes recognised per 1,000 admissions, all hospitals",
@@ -468,16 +477,10 @@ def bundle_grid(r: CollaborativeReport) -> None:
     raster image and not exported for publication."""
     from .. import spc
     from ..figures import ReportFigure
-    from ..measures import monthly_measures
     from ..report_sections import _fig_from
 
     def overall():
-        coll = monthly_measures(r.run.episodes, r.run.site_months, level="collaborative")
-        coll = coll[coll["episodes"] > 0].reset_index(drop=True)
-        coll = rp.masked_for_plot(coll, ["bundle_compliant", "episodes"], min_cell=r.min_cell)
-        coll = coll.dropna(subset=["bundle_compliant", "episodes"]).reset_index(drop=True)
-        if len(coll) < 3:
-            raise ValueError("too few months with publishable counts")
+        coll = _publishable_months(r, "bundle_compliant", "episodes")
         ax = spc.pp_chart(coll, "month", "bundle_compliant", "episodes", detect_shifts=True,
                           multiply=100).plot(title="Bundle compliance, all hospitals (%)",
                                              ylabel="% of episodes")
